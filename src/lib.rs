@@ -1,0 +1,18 @@
+//! Tollgate: an OpenAI-compatible AI gateway on Pingora.
+//!
+//! The folders follow a request's life: `config` (the immutable snapshot every request pins),
+//! `proxy` (the one `ProxyHttp` implementation and its phases), `providers` (one file per wire
+//! format), `metering` (SSE decoding and token counting as bodies stream past), `billing`
+//! (nano-USD money, reservations and settlement), `store` (redb and its batching writer),
+//! `api` (routes answered without an upstream), `limits` (per-key rate limits) and `mock`
+//! (the project's own fake provider for tests, benches and the demo).
+
+pub mod api;
+pub mod billing;
+pub mod config;
+pub mod limits;
+pub mod metering;
+pub mod mock;
+pub mod providers;
+pub mod proxy;
+pub mod store;
