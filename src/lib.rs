@@ -8,11 +8,14 @@
 //! (the project's own fake provider for tests, benches and the demo).
 
 pub mod api;
+pub mod app;
 pub mod billing;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod metering;
 pub mod mock;
 pub mod providers;
 pub mod proxy;
+pub mod server;
 pub mod store;

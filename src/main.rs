@@ -1,1 +1,67 @@
-fn main() {}
+//! `tollgate`: the gateway (`serve`), its config checker (`check`), and the project's own
+//! fake provider (`mock-upstream`).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An OpenAI-compatible AI gateway on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file; defaults to $TOLLGATE_CONFIG, then conf/tollgate.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: exit 0 with a summary, or 1 with every error.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the fake provider used by tests, benchmarks and the demo.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9390")]
+        listen: String,
+        /// Require `Authorization: Bearer <KEY>` from callers.
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let path = config.unwrap_or_else(tollgate::config::default_path);
+            if let Err(e) = tollgate::server::serve(path) {
+                eprintln!("tollgate: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Check { config } => {
+            let path = config.unwrap_or_else(tollgate::config::default_path);
+            match tollgate::server::check(path) {
+                Ok(summary) => println!("{summary}"),
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::MockUpstream { listen, api_key } => {
+            let state = std::sync::Arc::new(tollgate::mock::MockState::new(api_key));
+            tollgate::mock::server::run_standalone_with(&listen, state)
+        }
+    }
+}

@@ -1,1 +1,234 @@
-//! api
+//! Routes answered by the gateway itself, without an upstream: the catalog, credits and
+//! generations, administration and health. Plus the route table for every path.
+//!
+//! Handlers are plain functions from a parsed request to a [`Reply`]; the proxy writes the
+//! reply from `request_filter`, so these routes never touch Pingora's upstream machinery.
+
+pub mod account;
+pub mod admin;
+pub mod catalog;
+pub mod error;
+
+use bytes::Bytes;
+use error::ApiError;
+use http::Method;
+
+/// An inference endpoint forwarded to a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+}
+
+impl Endpoint {
+    /// The path appended to the provider's `base_url` (OpenAI wire format).
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Inference(Endpoint),
+    Models,
+    Model(String),
+    Generation,
+    Credits,
+    AdminAccounts,
+    AdminAccount(u64),
+    AdminCredits(u64),
+    AdminKeys(u64),
+    Healthz,
+    Readyz,
+    NotFound,
+    MethodNotAllowed(&'static str),
+}
+
+impl Route {
+    /// A fixed word for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Inference(e) => e.label(),
+            Route::Models | Route::Model(_) => "models",
+            Route::Generation => "generation",
+            Route::Credits => "credits",
+            Route::AdminAccounts | Route::AdminAccount(_) | Route::AdminCredits(_) | Route::AdminKeys(_) => "admin",
+            Route::Healthz | Route::Readyz => "health",
+            Route::NotFound | Route::MethodNotAllowed(_) => "not_found",
+        }
+    }
+}
+
+/// Map a method and path to a route. Every API route lives under both `/v1` and `/api/v1`.
+pub fn route(method: &Method, path: &str) -> Route {
+    match path {
+        "/healthz" => return only(method, Method::GET, Route::Healthz, "GET"),
+        "/readyz" => return only(method, Method::GET, Route::Readyz, "GET"),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/api/v1").or_else(|| path.strip_prefix("/v1")) else {
+        return Route::NotFound;
+    };
+    let rest = if rest.len() > 1 { rest.trim_end_matches('/') } else { rest };
+    match rest {
+        "/chat/completions" => only(method, Method::POST, Route::Inference(Endpoint::ChatCompletions), "POST"),
+        "/models" => only(method, Method::GET, Route::Models, "GET"),
+        "/generation" => only(method, Method::GET, Route::Generation, "GET"),
+        "/credits" => only(method, Method::GET, Route::Credits, "GET"),
+        "/admin/accounts" => only(method, Method::POST, Route::AdminAccounts, "POST"),
+        _ => {
+            if let Some(slug) = rest.strip_prefix("/models/") {
+                if slug.is_empty() {
+                    return Route::NotFound;
+                }
+                return only(method, Method::GET, Route::Model(slug.to_string()), "GET");
+            }
+            if let Some(tail) = rest.strip_prefix("/admin/accounts/") {
+                return admin_route(method, tail);
+            }
+            Route::NotFound
+        }
+    }
+}
+
+fn admin_route(method: &Method, tail: &str) -> Route {
+    let mut parts = tail.splitn(2, '/');
+    let Some(id) = parts.next().and_then(|s| s.parse::<u64>().ok()) else {
+        return Route::NotFound;
+    };
+    match parts.next() {
+        None => only(method, Method::GET, Route::AdminAccount(id), "GET"),
+        Some("credits") => only(method, Method::POST, Route::AdminCredits(id), "POST"),
+        Some("keys") => only(method, Method::POST, Route::AdminKeys(id), "POST"),
+        Some(_) => Route::NotFound,
+    }
+}
+
+fn only(method: &Method, want: Method, route: Route, allow: &'static str) -> Route {
+    if *method == want {
+        route
+    } else {
+        Route::MethodNotAllowed(allow)
+    }
+}
+
+/// A complete response produced without an upstream.
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    /// Set when this reply is an error, for the access log and metrics.
+    pub error: Option<ApiError>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            body: Bytes::from(value.to_string()),
+            content_type: "application/json",
+            headers: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        let mut r = Reply::json(e.status, &e.to_json());
+        r.error = Some(e.clone());
+        if let Some(secs) = e.retry_after {
+            r.headers.push(("retry-after", secs.to_string()));
+        }
+        r
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(e: ApiError) -> Reply {
+        Reply::error(&e)
+    }
+}
+
+/// Parse a JSON request body for a local route, with the contract's 400 on failure.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid_request("request body is empty; JSON expected"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::invalid_request("request body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+/// The value of one query parameter, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_prefixes_route() {
+        for p in ["/v1", "/api/v1"] {
+            assert_eq!(route(&Method::POST, &format!("{p}/chat/completions")), Route::Inference(Endpoint::ChatCompletions));
+            assert_eq!(route(&Method::GET, &format!("{p}/models/openai/gpt-4o")), Route::Model("openai/gpt-4o".into()));
+            assert_eq!(route(&Method::POST, &format!("{p}/admin/accounts/7/credits")), Route::AdminCredits(7));
+        }
+        assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::MethodNotAllowed("POST"));
+        assert_eq!(route(&Method::GET, "/v2/models"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
+    }
+
+    #[test]
+    fn query_params_decode() {
+        assert_eq!(query_param(Some("a=1&id=gen-x%2Fy"), "id").as_deref(), Some("gen-x/y"));
+        assert_eq!(query_param(Some("id=%zz"), "id").as_deref(), Some("%zz"));
+        assert_eq!(query_param(Some("id=%4"), "id").as_deref(), Some("%4"));
+        assert_eq!(query_param(None, "id"), None);
+    }
+}

@@ -1,1 +1,6 @@
-//! providers
+//! Provider wire formats, one file per format, plus the span scanner they share.
+//!
+//! Everything here is pure: bytes in, bytes out. The proxy decides when to call it.
+
+pub mod json_scan;
+pub mod openai;

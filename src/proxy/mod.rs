@@ -1,1 +1,14 @@
-//! proxy
+//! The request path: one `ProxyHttp` implementation ([`gateway::Gateway`]) and the pieces
+//! each of its phases uses.
+
+pub mod access_log;
+pub mod body_replay;
+pub mod ctx;
+pub mod gateway;
+pub mod local;
+pub mod read_body;
+pub mod settle;
+pub mod upstream_error;
+pub mod upstream_headers;
+
+pub use gateway::Gateway;

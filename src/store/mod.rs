@@ -1,1 +1,661 @@
-//! store
+//! Durable state in one redb file, `<data_dir>/tollgate.redb`.
+//!
+//! The request path never touches the disk: at startup [`Store::load_state`] reads everything
+//! the gateway serves from memory (accounts, keys, balances), and afterwards every change goes
+//! through the single batching [`StoreWriter`] thread. Reads for the API (`/generation`, key
+//! listings) open their own MVCC read transactions and never wait for the writer.
+//!
+//! Balances are not stored: an account's balance is the sum of its ledger entries, computed at
+//! load. A charge and its generation record are written in one transaction, so after any crash
+//! (kill -9 included; redb repairs the file on open) balance = grants − recorded charges.
+
+pub mod records;
+pub mod tables;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::billing::money::Nano;
+pub use records::{AccountRecord, GenerationRecord, KeyRecord, LedgerEntry, LedgerKind};
+use tables::*;
+pub use writer::{StoreWriter, WriteOp, WriterStats};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "tollgate.redb";
+
+/// A storage failure, as text (redb's error types differ per call; callers only log them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+macro_rules! from_redb_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    std::io::Error
+);
+
+/// Everything the gateway keeps in memory, read once at startup.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    pub accounts: Vec<AccountRecord>,
+    /// All keys, revoked ones included (the key ring skips those).
+    pub keys: Vec<KeyRecord>,
+    /// Sum of each account's ledger entries. Every account is present (0 if it has none).
+    pub balances: HashMap<u64, Nano>,
+    /// Sum of each account's charges, as a positive amount (for `/credits` total_usage).
+    pub usage: HashMap<u64, Nano>,
+    pub next_account_id: u64,
+    pub next_key_id: u64,
+    pub next_ledger_seq: u64,
+}
+
+/// In-memory id allocation, seeded from [`LoadedState`]: no read-modify-write through the
+/// writer, so allocating an id never waits. Ids start at 1 (0 can mean "none").
+#[derive(Debug)]
+pub struct IdCounters {
+    account: AtomicU64,
+    key: AtomicU64,
+    ledger: AtomicU64,
+}
+
+impl IdCounters {
+    pub fn from_state(state: &LoadedState) -> IdCounters {
+        IdCounters {
+            account: AtomicU64::new(state.next_account_id.max(1)),
+            key: AtomicU64::new(state.next_key_id.max(1)),
+            ledger: AtomicU64::new(state.next_ledger_seq.max(1)),
+        }
+    }
+
+    pub fn next_account_id(&self) -> u64 {
+        self.account.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_key_id(&self) -> u64 {
+        self.key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_ledger_seq(&self) -> u64 {
+        self.ledger.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Handle to the database. Cheap to clone; reads may run on any thread.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `<dir>/tollgate.redb`, creating `dir` and all tables. After an
+    /// unclean shutdown redb repairs the file here; that can take a while on a large file.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("create data dir {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let db = Database::builder()
+            .set_repair_callback(|session| {
+                log::warn!(
+                    "store: repairing database after unclean shutdown ({:.0}%)",
+                    session.progress() * 100.0
+                )
+            })
+            .create(&path)
+            .map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
+
+        // Create every table up front so read transactions never meet a missing table.
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ACCOUNTS)?;
+            txn.open_table(KEYS)?;
+            txn.open_table(LEDGER)?;
+            txn.open_table(GENERATIONS)?;
+            txn.open_table(GENERATION_BY_BODY)?;
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError(format!(
+                        "{} has schema version {v}; this build understands {SCHEMA_VERSION}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Store {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts the one writer thread. Call once; all durable changes go through it.
+    pub fn start_writer(&self) -> StoreWriter {
+        StoreWriter::start(self.db.clone())
+    }
+
+    /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
+    /// entry is decoded once at startup.
+    pub fn load_state(&self) -> Result<LoadedState, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut state = LoadedState::default();
+
+        let accounts = txn.open_table(ACCOUNTS)?;
+        for row in accounts.iter()? {
+            let (_, v) = row?;
+            let account: AccountRecord = decode(v.value(), "account")?;
+            state.balances.insert(account.id, 0);
+            state.usage.insert(account.id, 0);
+            state.next_account_id = state.next_account_id.max(account.id + 1);
+            state.accounts.push(account);
+        }
+
+        let keys = txn.open_table(KEYS)?;
+        for row in keys.iter()? {
+            let (_, v) = row?;
+            let key: KeyRecord = decode(v.value(), "key")?;
+            state.next_key_id = state.next_key_id.max(key.id + 1);
+            state.keys.push(key);
+        }
+
+        let ledger = txn.open_table(LEDGER)?;
+        for row in ledger.iter()? {
+            let (k, v) = row?;
+            let entry: LedgerEntry = decode(v.value(), "ledger entry")?;
+            let balance = state.balances.entry(entry.account_id).or_insert_with(|| {
+                log::warn!(
+                    "store: ledger entry {} for unknown account {}",
+                    k.value(),
+                    entry.account_id
+                );
+                0
+            });
+            *balance = balance.checked_add(entry.amount_nano).ok_or_else(|| {
+                StoreError(format!("balance of account {} overflows", entry.account_id))
+            })?;
+            if entry.kind == LedgerKind::Charge {
+                *state.usage.entry(entry.account_id).or_insert(0) -= entry.amount_nano;
+            }
+            state.next_ledger_seq = state.next_ledger_seq.max(k.value() + 1);
+        }
+
+        // Never reuse an id that was handed out, even if its row is gone.
+        let meta = txn.open_table(META)?;
+        let mark = |name: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+        };
+        state.next_account_id = state.next_account_id.max(mark(META_NEXT_ACCOUNT)?).max(1);
+        state.next_key_id = state.next_key_id.max(mark(META_NEXT_KEY)?).max(1);
+        state.next_ledger_seq = state.next_ledger_seq.max(mark(META_NEXT_LEDGER)?).max(1);
+        Ok(state)
+    }
+
+    pub fn account(&self, id: u64) -> Result<Option<AccountRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let row = table.get(id)?;
+        row.map(|v| decode(v.value(), "account")).transpose()
+    }
+
+    pub fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACCOUNTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(decode(row?.1.value(), "account")?);
+        }
+        Ok(out)
+    }
+
+    pub fn key(&self, id: u64) -> Result<Option<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEYS)?;
+        let row = table.get(id)?;
+        row.map(|v| decode(v.value(), "key")).transpose()
+    }
+
+    /// An account's keys, revoked ones included, oldest first. A scan of the keys table:
+    /// fine for the thousands of keys a gateway has, and it is not on the request path.
+    pub fn list_keys(&self, account_id: u64) -> Result<Vec<KeyRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let key: KeyRecord = decode(row?.1.value(), "key")?;
+            if key.account_id == account_id {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A generation by Tollgate's id ("gen-…") or, failing that, by the upstream body id
+    /// ("chatcmpl-…"). If two upstream responses shared a body id, the latest one wins.
+    pub fn get_generation(
+        &self,
+        id_or_body_id: &str,
+    ) -> Result<Option<GenerationRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let generations = txn.open_table(GENERATIONS)?;
+        if let Some(v) = generations.get(id_or_body_id)? {
+            return decode(v.value(), "generation").map(Some);
+        }
+        let by_body = txn.open_table(GENERATION_BY_BODY)?;
+        let Some(id) = by_body.get(id_or_body_id)? else {
+            return Ok(None);
+        };
+        let row = generations.get(id.value())?;
+        row.map(|v| decode(v.value(), "generation")).transpose()
+    }
+
+    /// An account's most recent ledger entries, newest first. Scans the ledger backwards;
+    /// meant for admin views, not the request path.
+    pub fn ledger_entries(
+        &self,
+        account_id: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEDGER)?;
+        let mut out = Vec::new();
+        for row in table.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let entry: LedgerEntry = decode(row?.1.value(), "ledger entry")?;
+            if entry.account_id == account_id {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A new generation id: "gen-<unix millis, hex>-<12 random base62 chars>". Time-prefixed so ids
+/// sort roughly by creation; 71 random bits make collisions within a millisecond negligible.
+pub fn new_generation_id() -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let suffix: String = (0..12)
+        .map(|_| BASE62[rng.random_range(0..BASE62.len())] as char)
+        .collect();
+    format!("gen-{:x}-{suffix}", now_millis())
+}
+
+/// Unix seconds (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds (0 if the clock is before 1970).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+impl Store {
+    /// Every generation record (for consistency checks in tests).
+    pub(crate) fn all_generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(GENERATIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(decode(row?.1.value(), "generation")?);
+        }
+        Ok(out)
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, for tests.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-{name}-{}-{}",
+        std::process::id(),
+        new_generation_id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn account(id: u64) -> AccountRecord {
+        AccountRecord {
+            id,
+            email: format!("a{id}@example.com"),
+            created_at: now_secs(),
+            markup_bps: 2500,
+            suspended: false,
+            password_hash: None,
+        }
+    }
+
+    fn key(id: u64, account_id: u64) -> KeyRecord {
+        KeyRecord {
+            id,
+            account_id,
+            name: format!("key {id}"),
+            secret_hash: "ab".repeat(32),
+            redacted: "sk-tg-abc…xyz".into(),
+            created_at: now_secs(),
+            revoked: false,
+            rate_limit_rpm: None,
+            daily_cap_nano: Some(5),
+            monthly_cap_nano: None,
+        }
+    }
+
+    fn entry(
+        seq: u64,
+        account_id: u64,
+        amount_nano: i64,
+        kind: LedgerKind,
+        gen: Option<&str>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            seq,
+            account_id,
+            amount_nano,
+            kind,
+            generation_id: gen.map(str::to_string),
+            note: None,
+            at: now_millis(),
+        }
+    }
+
+    pub(crate) fn generation(
+        id: &str,
+        body_id: &str,
+        account_id: u64,
+        cost: i64,
+    ) -> GenerationRecord {
+        GenerationRecord {
+            id: id.into(),
+            body_id: body_id.into(),
+            account_id,
+            key_id: 1,
+            model: "gpt-test".into(),
+            provider: "mock".into(),
+            tokens_prompt: 10,
+            tokens_completion: 20,
+            total_cost_nano: cost,
+            latency_ms: 5,
+            status: 200,
+            streamed: false,
+            usage_estimated: false,
+            created_at: now_secs(),
+            attempts: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn generation_ids_have_the_documented_shape() {
+        let id = new_generation_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "gen");
+        assert!(u64::from_str_radix(parts[1], 16).is_ok());
+        assert_eq!(parts[2].len(), 12);
+        assert!(parts[2].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(new_generation_id(), new_generation_id());
+    }
+
+    #[test]
+    fn reopen_round_trip() {
+        let dir = test_dir("reopen");
+        {
+            let store = Store::open(&dir).expect("open");
+            let state = store.load_state().expect("load empty");
+            assert!(state.accounts.is_empty());
+            assert_eq!(
+                (
+                    state.next_account_id,
+                    state.next_key_id,
+                    state.next_ledger_seq
+                ),
+                (1, 1, 1)
+            );
+
+            let writer = store.start_writer();
+            for op in [
+                WriteOp::InsertAccount(account(1)),
+                WriteOp::InsertAccount(account(2)),
+                WriteOp::PutKey(key(1, 1)),
+                WriteOp::PutKey(key(2, 2)),
+                WriteOp::Grant(entry(1, 1, 10_000, LedgerKind::Grant, None)),
+            ] {
+                writer.submit_durable_blocking(op).expect("durable");
+            }
+            writer.submit(WriteOp::Settle {
+                charge: entry(2, 1, -300, LedgerKind::Charge, Some("gen-a")),
+                generation: generation("gen-a", "chatcmpl-1", 1, 300),
+            });
+            let mut failed = generation("gen-b", "", 2, 0);
+            failed.status = 502;
+            failed.error = Some("upstream down".into());
+            writer.submit(WriteOp::RecordGeneration(failed));
+            let mut revoked = key(2, 2);
+            revoked.revoked = true;
+            writer.submit(WriteOp::PutKey(revoked));
+            writer.shutdown();
+        }
+
+        let store = Store::open(&dir).expect("reopen");
+        let state = store.load_state().expect("load");
+        assert_eq!(
+            state.accounts,
+            vec![account_like(&state, 1), account_like(&state, 2)]
+        );
+        assert_eq!(state.keys.len(), 2);
+        assert!(state.keys[1].revoked);
+        assert_eq!(state.balances.get(&1), Some(&9_700));
+        assert_eq!(state.balances.get(&2), Some(&0));
+        assert_eq!(state.usage.get(&1), Some(&300));
+        assert_eq!(
+            (
+                state.next_account_id,
+                state.next_key_id,
+                state.next_ledger_seq
+            ),
+            (3, 3, 3)
+        );
+
+        let by_id = store
+            .get_generation("gen-a")
+            .expect("read")
+            .expect("present");
+        let by_body = store
+            .get_generation("chatcmpl-1")
+            .expect("read")
+            .expect("present");
+        assert_eq!(by_id, by_body);
+        assert_eq!(by_id.total_cost_nano, 300);
+        let failed = store
+            .get_generation("gen-b")
+            .expect("read")
+            .expect("present");
+        assert_eq!(failed.error.as_deref(), Some("upstream down"));
+        assert!(store.get_generation("nope").expect("read").is_none());
+        assert!(store.get_generation("").expect("read").is_none());
+
+        assert_eq!(
+            store.account(2).expect("read").map(|a| a.email),
+            Some("a2@example.com".into())
+        );
+        assert!(store.account(9).expect("read").is_none());
+        assert_eq!(store.list_accounts().expect("read").len(), 2);
+        assert_eq!(
+            store.list_keys(1).expect("read"),
+            vec![key(1, 1)]
+                .into_iter()
+                .map(|mut k| {
+                    k.created_at = state.keys[0].created_at;
+                    k
+                })
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(store.key(2).expect("read").map(|k| k.revoked), Some(true));
+        let entries = store.ledger_entries(1, 10).expect("read");
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        assert_eq!(store.ledger_entries(1, 1).expect("read").len(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The stored account with this id (created_at is not reproducible).
+    fn account_like(state: &LoadedState, id: u64) -> AccountRecord {
+        let mut a = account(id);
+        if let Some(stored) = state.accounts.iter().find(|s| s.id == id) {
+            a.created_at = stored.created_at;
+        }
+        a
+    }
+
+    #[test]
+    fn writer_batches_and_loses_nothing_on_shutdown() {
+        let dir = test_dir("batch");
+        let store = Store::open(&dir).expect("open");
+        let writer = Arc::new(store.start_writer());
+        writer
+            .submit_durable_blocking(WriteOp::InsertAccount(account(1)))
+            .expect("durable");
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500u64 {
+                        let seq = 1 + t * 500 + i;
+                        let id = format!("gen-{seq}");
+                        writer.submit(WriteOp::Settle {
+                            charge: entry(seq, 1, -1, LedgerKind::Charge, Some(&id)),
+                            generation: generation(&id, "", 1, 1),
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("submitter");
+        }
+        writer.shutdown();
+        let stats = writer.stats();
+        assert_eq!(stats.committed.load(Ordering::Relaxed), 4001);
+        assert_eq!(stats.pending(), 0);
+        let commits = stats.commits.load(Ordering::Relaxed);
+        assert!(commits < 4001, "ops were batched: {commits} commits");
+        assert!(
+            commits >= 4001 / MAX_BATCH_FOR_TESTS as u64,
+            "batches are bounded"
+        );
+        writer.submit(WriteOp::InsertAccount(account(2)));
+        assert_eq!(
+            stats.failed.load(Ordering::Relaxed),
+            1,
+            "a write after shutdown is refused"
+        );
+
+        let state = store.load_state().expect("load");
+        assert_eq!(state.balances.get(&1), Some(&-4000));
+        assert_eq!(state.next_ledger_seq, 4001);
+        assert!(store.get_generation("gen-4000").expect("read").is_some());
+        assert!(store.account(2).expect("read").is_none());
+        drop(writer);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const MAX_BATCH_FOR_TESTS: usize = writer::MAX_BATCH;
+
+    /// What kill -9 leaves behind is what the kernel had: the file as last written, without
+    /// redb's clean-shutdown mark. A copy taken while the database is open is exactly that;
+    /// it must open (redb repairs it) with every acknowledged commit in it.
+    #[test]
+    fn opens_a_file_left_by_an_unclean_shutdown() {
+        let dir = test_dir("unclean");
+        let copy = test_dir("unclean-copy");
+        let store = Store::open(&dir).expect("open");
+        let writer = store.start_writer();
+        writer
+            .submit_durable_blocking(WriteOp::InsertAccount(account(1)))
+            .expect("durable");
+        writer
+            .submit_durable_blocking(WriteOp::Grant(entry(1, 1, 500, LedgerKind::Grant, None)))
+            .expect("durable");
+        writer
+            .submit_durable_blocking(WriteOp::Settle {
+                charge: entry(2, 1, -200, LedgerKind::Charge, Some("gen-x")),
+                generation: generation("gen-x", "body-x", 1, 200),
+            })
+            .expect("durable");
+        std::fs::create_dir_all(&copy).expect("mkdir");
+        std::fs::copy(store.path(), copy.join(DB_FILE)).expect("copy live file");
+
+        let crashed = Store::open(&copy).expect("open after unclean shutdown");
+        let state = crashed.load_state().expect("load");
+        assert_eq!(state.balances.get(&1), Some(&300));
+        assert_eq!(
+            crashed
+                .get_generation("body-x")
+                .expect("read")
+                .map(|g| g.total_cost_nano),
+            Some(200)
+        );
+        drop(writer);
+        drop((store, crashed));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&copy);
+    }
+}

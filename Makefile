@@ -1,0 +1,55 @@
+# Tollgate: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := tests/python/.venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test deps sys-deps py-deps build release unit integration sdk bench bench-criterion check clean
+
+## Start a working gateway: default config, embedded store in data/, in-process mock provider.
+run: sys-deps
+	@scripts/run.sh
+
+## Install what the tests need, then run every test: unit, integration, and the OpenAI SDK.
+test: deps
+	$(CARGO) build --bins
+	$(CARGO) test --no-fail-fast -- --test-threads=2
+	$(PY) -m pytest -q tests/python
+
+deps: sys-deps py-deps
+
+# Pingora's zlib-ng build needs cmake (and a C compiler); install them when missing.
+sys-deps:
+	@if ! command -v cmake >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then \
+		echo "installing cmake and a C compiler"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake build-essential >/dev/null; \
+	fi
+
+py-deps: $(VENV)/.installed
+$(VENV)/.installed: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+build: sys-deps
+	$(CARGO) build
+
+release: sys-deps
+	$(CARGO) build --release
+
+## Validate conf/tollgate.toml.
+check: build
+	target/debug/tollgate check --config conf/tollgate.toml
+
+## Load benchmark (gateway vs bare Pingora vs the mock directly) and criterion benches.
+bench: release
+	$(CARGO) build --release --benches
+	$(CARGO) run --release --bin tollgate-load -- --report benches/results.md
+
+bench-criterion:
+	$(CARGO) bench --bench sse --bench rewrite
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,148 @@
+//! The validated config: what a request pins for its whole life.
+//!
+//! Everything here is immutable after validation. Prices are already nano-USD, providers
+//! already know whether they are enabled and hold their resolved key, and models are indexed
+//! by slug, so the request path does no parsing and no lookups in the environment.
+
+use crate::billing::money::Nano;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    /// The project's own fake provider: OpenAI wire format, optionally served in-process.
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "openai" => Some(Self::OpenAi),
+            "anthropic" => Some(Self::Anthropic),
+            "gemini" => Some(Self::Gemini),
+            "mock" => Some(Self::Mock),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+/// Where a provider lives, split once so each request only clones small strings.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` as the Host header must carry it.
+    pub authority: String,
+    /// Path prefix from `base_url` without a trailing slash, e.g. `/v1`.
+    pub path_prefix: String,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub upstream: Upstream,
+    /// The resolved secret; never logged, never shown.
+    pub api_key: Option<String>,
+    pub enabled: bool,
+    /// Why a provider is off, for the startup log and `/models` filtering.
+    pub disabled_reason: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// `serve` address of an in-process mock provider.
+    pub serve_mock: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub slug: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub context_length: u64,
+    pub max_output_tokens: u64,
+    /// nano-USD per 1M prompt tokens.
+    pub input_per_mtok: Nano,
+    /// nano-USD per 1M completion tokens.
+    pub output_per_mtok: Nano,
+    pub capabilities: Vec<String>,
+    pub platforms: Vec<String>,
+    pub name: String,
+    pub description: String,
+    /// The prices as configured, for the catalog (display only; never used for money).
+    pub input_per_mtok_display: f64,
+    pub output_per_mtok_display: f64,
+}
+
+impl Model {
+    pub fn serves_platform(&self, platform: &str) -> bool {
+        self.platforms.iter().any(|p| p == platform)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub tls_listen: Vec<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub data_dir: PathBuf,
+    pub metrics_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub key_prefix: String,
+    pub threads: usize,
+    pub grace_period_secs: u64,
+    pub max_body_bytes: u64,
+    pub reload_poll_ms: u64,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    pub overdraft: Nano,
+    /// Basis points (2500 = 25 %).
+    pub default_markup_bps: u32,
+}
+
+/// One immutable, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub billing: BillingSettings,
+    pub providers: HashMap<String, Arc<Provider>>,
+    /// In file order, which is the catalog's order.
+    pub models: Vec<Arc<Model>>,
+    pub by_slug: HashMap<String, Arc<Model>>,
+}
+
+impl Config {
+    /// The model and its provider, if the slug exists and the provider is enabled.
+    pub fn route(&self, slug: &str) -> Option<(&Arc<Model>, &Arc<Provider>)> {
+        let model = self.by_slug.get(slug)?;
+        let provider = self.providers.get(&model.provider)?;
+        provider.enabled.then_some((model, provider))
+    }
+
+    /// Models whose provider is enabled, in catalog order.
+    pub fn available_models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.iter().filter(|m| {
+            self.providers.get(&m.provider).map(|p| p.enabled).unwrap_or(false)
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics, served in text format at `GET /metrics` on `server.metrics_listen`.
+//!
+//! Label values come only from bounded sets: slugs and provider names from the config, HTTP
+//! status codes, and fixed words. Never a key id, an account or a path: those would let a
+//! client grow the registry without bound.
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
+    IntCounterVec, IntGauge, TextEncoder,
+};
+use std::sync::LazyLock;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_requests_total",
+        "Requests answered, by route kind, model, provider and status",
+        &["route", "model", "provider", "status"]
+    )
+    .expect("metric registers once")
+});
+
+pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_tokens_total",
+        "Tokens metered, by model, provider and direction (input|output)",
+        &["model", "provider", "direction"]
+    )
+    .expect("metric registers once")
+});
+
+pub static COST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_cost_nano_usd_total",
+        "Charged cost in nano-USD, by model and provider",
+        &["model", "provider"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "tollgate_upstream_latency_seconds",
+        "Time from sending the request upstream to the end of the upstream response",
+        &["model", "provider"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static TTFT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "tollgate_time_to_first_token_seconds",
+        "Time from sending the request upstream to the first response body byte",
+        &["model", "provider"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static ACTIVE_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("tollgate_active_streams", "Streaming responses in progress")
+        .expect("metric registers once")
+});
+
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_config_reloads_total",
+        "Config reloads by result (success|failure)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static STORE_WRITE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_errors_total",
+        "Internal errors by kind",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+pub fn config_reload(result: &str) {
+    CONFIG_RELOADS.with_label_values(&[result]).inc();
+}
+
+/// Touch every metric so `/metrics` lists them all from the start (zero-valued).
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&TOKENS);
+    LazyLock::force(&COST);
+    LazyLock::force(&UPSTREAM_LATENCY);
+    LazyLock::force(&TTFT);
+    LazyLock::force(&ACTIVE_STREAMS);
+    for r in ["success", "failure"] {
+        CONFIG_RELOADS.with_label_values(&[r]);
+    }
+    LazyLock::force(&STORE_WRITE_ERRORS);
+}
+
+/// The Prometheus text exposition of the default registry.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
+    out
+}
+
+/// `GET /metrics` on its own listener, so scraping never competes with inference traffic
+/// and the metrics port can stay private while the API port is public.
+pub struct MetricsApp;
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, body, ctype) = if path == "/metrics" {
+            (200, render(), "text/plain; version=0.0.4")
+        } else {
+            (404, b"not found\n".to_vec(), "text/plain")
+        };
+        http::Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,954 @@
+//! The Pingora side of the mock: one [`HttpServerApp`] that reads a request, applies faults and
+//! writes the reply, streamed events one write (and one flush) at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{header, Method};
+use log::{debug, info};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::listening::Service;
+
+use super::faults::{FaultConfig, Faults, HANG_LIMIT};
+use super::openai::{self, ApiError, Event, EventKind, Meta, Usage};
+use super::{LoggedRequest, MockState};
+
+/// Request bodies above this get a 413: far above any real prompt, low enough to stay safe.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+const JSON: &str = "application/json";
+
+/// The mock provider as a Pingora HTTP application.
+pub struct MockApp {
+    state: Arc<MockState>,
+    options: HttpServerOptions,
+}
+
+impl MockApp {
+    pub fn new(state: Arc<MockState>) -> Self {
+        let mut options = HttpServerOptions::default();
+        // Plain-text HTTP/2 too, so the gateway's h2 upstream path can be tested.
+        options.h2c = true;
+        MockApp { state, options }
+    }
+
+    pub fn state(&self) -> &Arc<MockState> {
+        &self.state
+    }
+}
+
+/// A listening service for `listen` (e.g. "127.0.0.1:18080"), to add to any Pingora `Server`.
+pub fn mock_service(listen: &str, state: Arc<MockState>) -> Service<MockApp> {
+    let mut service = Service::new("mock-upstream".to_string(), MockApp::new(state));
+    service.add_tcp(listen);
+    service
+}
+
+/// `tollgate mock-upstream --listen ADDR`: serve forever with no expected key.
+pub fn run_standalone(listen: &str) {
+    run_standalone_with(listen, Arc::new(MockState::default()))
+}
+
+/// Serve forever in this process with the given state (e.g. an expected key).
+pub fn run_standalone_with(listen: &str, state: Arc<MockState>) -> ! {
+    // Build the conf ourselves so Pingora never parses this process's argv, and keep shutdown
+    // quick: a test or `make run` stopping the mock should not wait out Pingora's 5-minute grace.
+    let conf = ServerConf {
+        threads: 2,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(mock_service(listen, state));
+    info!("mock upstream listening on {listen}");
+    server.run_forever()
+}
+
+/// Run the mock on its own thread and tokio runtime, outside any Pingora `Server` (for tests
+/// and tools in this crate). Returns once `listen` accepts connections, or after 5 s.
+pub fn spawn_background(listen: &str, state: Arc<MockState>) -> std::thread::JoinHandle<()> {
+    let mut service = mock_service(listen, state);
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            // The sender lives as long as the service, so it never sees a shutdown.
+            let (_keep, shutdown) = tokio::sync::watch::channel(false);
+            pingora::services::Service::start_service(&mut service, None, shutdown, 1).await;
+        });
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(listen).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle
+}
+
+/// What to do with the connection once a request is handled.
+enum Next {
+    /// The response is complete: keep the connection if HTTP allows it.
+    Reuse,
+    /// Drop the connection now (I/O error, injected cut or hang).
+    Close,
+}
+
+#[async_trait]
+impl HttpServerApp for MockApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            // A keep-alive connection the client closed: normal.
+            Ok(false) => return None,
+            Err(e) => {
+                debug!("mock: bad request head: {e}");
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        match handle(&self.state, &mut session).await {
+            Next::Close => None,
+            Next::Reuse => {
+                let settings = HttpPersistentSettings::for_session(&session);
+                match session.finish().await {
+                    Ok(stream) => {
+                        stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+                    }
+                    Err(e) => {
+                        debug!("mock: finish failed: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+#[derive(Debug, Clone, PartialEq)]
+enum Route {
+    Chat,
+    Completions,
+    Embeddings,
+    Models,
+    Model(String),
+    Health,
+    Requests,
+    LastRequest,
+    Faults,
+    /// A known path with the wrong method.
+    BadMethod,
+    NotFound,
+}
+
+impl Route {
+    fn parse(method: &Method, path: &str) -> Route {
+        let path = match path.trim_end_matches('/') {
+            "" => "/",
+            p => p,
+        };
+        // Accept both `/v1/x` and `/x`.
+        let path = path
+            .strip_prefix("/v1")
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(path);
+        let (get, post, delete) = (
+            method == Method::GET,
+            method == Method::POST,
+            method == Method::DELETE,
+        );
+        let allowed = |ok: bool, route: Route| if ok { route } else { Route::BadMethod };
+        match path {
+            "/chat/completions" => allowed(post, Route::Chat),
+            "/completions" => allowed(post, Route::Completions),
+            "/embeddings" => allowed(post, Route::Embeddings),
+            "/models" => allowed(get, Route::Models),
+            "/_mock/health" => allowed(get, Route::Health),
+            "/_mock/requests" => allowed(get || delete, Route::Requests),
+            "/_mock/requests/last" => allowed(get, Route::LastRequest),
+            "/_mock/faults" => allowed(get || post || delete, Route::Faults),
+            _ => match path.strip_prefix("/models/") {
+                Some(id) if !id.is_empty() => allowed(get, Route::Model(id.to_string())),
+                _ => Route::NotFound,
+            },
+        }
+    }
+
+    fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Route::Health | Route::Requests | Route::LastRequest | Route::Faults
+        )
+    }
+}
+
+async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
+    let req = session.req_header();
+    let method = req.method.clone();
+    let route = Route::parse(&method, req.uri.path());
+
+    // curl (and others) wait for "100 Continue" before sending a large body.
+    let expects_continue = req
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && !session.is_http2() && session.write_continue_response().await.is_err() {
+        return Next::Close;
+    }
+
+    let body = match read_body(session).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            // Don't drain what is left of a huge body just to keep the connection.
+            session.set_keepalive(None);
+            let err = ApiError::for_status(413, format!("request body over {MAX_BODY} bytes"));
+            return respond_error(session, &err, None).await;
+        }
+        Err(BodyError::Io) => return Next::Close,
+    };
+
+    if route.is_control() {
+        return control(state, session, &method, &route, body).await;
+    }
+
+    let req = session.req_header();
+    if state.log_enabled() {
+        state.record(LoggedRequest {
+            method: method.to_string(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: req.headers.clone(),
+            body_len: body.len(),
+            body: body.clone(),
+        });
+    }
+
+    match &route {
+        Route::NotFound => {
+            let msg = format!("Invalid URL ({} {})", method, req.uri.path());
+            return respond_error(session, &ApiError::for_status(404, msg), None).await;
+        }
+        Route::BadMethod => {
+            let msg = format!("Method {method} not allowed on {}", req.uri.path());
+            return respond_error(session, &ApiError::for_status(405, msg), None).await;
+        }
+        _ => {}
+    }
+
+    if let Some(key) = state.expected_key() {
+        if let Err(err) = check_auth(req.headers.get(header::AUTHORIZATION), key) {
+            return respond_error(session, &err, None).await;
+        }
+    }
+
+    let req_faults = match FaultConfig::from_headers(&req.headers) {
+        Ok(f) => f,
+        Err(msg) => return respond_error(session, &ApiError::invalid(msg, None), None).await,
+    };
+    let (global, rolled_failure) = state.faults_for_request();
+    let faults = global.overlay(&req_faults);
+
+    if !faults.delay.is_zero() {
+        tokio::time::sleep(faults.delay).await;
+    }
+    if faults.hang {
+        // Wait for the client to leave (or the limit), then close without an answer.
+        let _ = tokio::time::timeout(HANG_LIMIT, session.read_body_or_idle(true)).await;
+        return Next::Close;
+    }
+    if let Some(status) = faults.status.or(rolled_failure.then_some(500)) {
+        let err = ApiError::for_status(status, format!("injected fault: status {status}"));
+        let retry_after = (status == 429).then_some(faults.retry_after);
+        return respond_error(session, &err, retry_after).await;
+    }
+
+    match route {
+        Route::Chat => chat(state, session, &body, &faults).await,
+        Route::Completions => completions(state, session, &body, &faults).await,
+        Route::Embeddings => match openai::parse_embedding(&body) {
+            Ok(req) => respond(session, 200, JSON, openai::embeddings(&req.model, &req)).await,
+            Err(err) => respond_error(session, &err, None).await,
+        },
+        Route::Models => respond(session, 200, JSON, openai::models_list()).await,
+        Route::Model(id) => respond(session, 200, JSON, openai::model_object(&id)).await,
+        // Handled above.
+        _ => respond_error(session, &ApiError::for_status(404, "Invalid URL"), None).await,
+    }
+}
+
+fn check_auth(value: Option<&http::HeaderValue>, key: &str) -> Result<(), ApiError> {
+    let Some(value) = value else {
+        return Err(ApiError::for_status(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization \
+             header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given == Some(key) {
+        return Ok(());
+    }
+    Err(ApiError::for_status(401, "Incorrect API key provided."))
+}
+
+async fn chat(
+    state: &MockState,
+    session: &mut ServerSession,
+    body: &[u8],
+    faults: &Faults,
+) -> Next {
+    let req = match openai::parse_chat(body) {
+        Ok(req) => req,
+        Err(err) => return respond_error(session, &err, None).await,
+    };
+    let reply = openai::build_reply(req.message_count, faults.words, req.max_tokens);
+    let usage = Usage::new(req.prompt_tokens, reply.completion_tokens());
+    let id = format!("chatcmpl-mock-{}", state.next_id());
+    let meta = Meta {
+        id: &id,
+        created: unix_now(),
+        model: &req.model,
+    };
+    if req.stream {
+        let usage = (req.include_usage && !faults.no_usage).then_some(usage);
+        stream(session, openai::chat_stream(meta, &reply, usage), faults).await
+    } else {
+        let usage = (!faults.no_usage).then_some(usage);
+        respond(
+            session,
+            200,
+            JSON,
+            openai::chat_completion(meta, &reply, usage),
+        )
+        .await
+    }
+}
+
+async fn completions(
+    state: &MockState,
+    session: &mut ServerSession,
+    body: &[u8],
+    faults: &Faults,
+) -> Next {
+    let req = match openai::parse_completion(body) {
+        Ok(req) => req,
+        Err(err) => return respond_error(session, &err, None).await,
+    };
+    let reply = openai::build_reply(req.prompt_count, faults.words, req.max_tokens);
+    let usage = Usage::new(req.prompt_tokens, reply.completion_tokens());
+    let id = format!("cmpl-mock-{}", state.next_id());
+    let meta = Meta {
+        id: &id,
+        created: unix_now(),
+        model: &req.model,
+    };
+    if req.stream {
+        let usage = (req.include_usage && !faults.no_usage).then_some(usage);
+        stream(
+            session,
+            openai::completion_stream(meta, &reply, usage),
+            faults,
+        )
+        .await
+    } else {
+        let usage = (!faults.no_usage).then_some(usage);
+        respond(
+            session,
+            200,
+            JSON,
+            openai::text_completion(meta, &reply, usage),
+        )
+        .await
+    }
+}
+
+/// The `/_mock/...` routes: never logged, never faulted, never authenticated.
+async fn control(
+    state: &MockState,
+    session: &mut ServerSession,
+    method: &Method,
+    route: &Route,
+    body: Bytes,
+) -> Next {
+    let ok = || br#"{"ok":true}"#.to_vec();
+    let to_json = |v: &serde_json::Value| serde_json::to_vec(v).unwrap_or_default();
+    match (route, method) {
+        (Route::Health, _) => respond(session, 200, JSON, ok()).await,
+        (Route::Requests, &Method::DELETE) => {
+            state.clear_requests();
+            respond(session, 200, JSON, ok()).await
+        }
+        (Route::Requests, _) => {
+            let list: Vec<_> = state
+                .requests()
+                .iter()
+                .map(LoggedRequest::to_json)
+                .collect();
+            let body = to_json(&serde_json::json!({ "requests": list }));
+            respond(session, 200, JSON, body).await
+        }
+        (Route::LastRequest, _) => match state.last_request() {
+            Some(r) => respond(session, 200, JSON, to_json(&r.to_json())).await,
+            None => {
+                let err = ApiError::for_status(404, "no request logged yet");
+                respond_error(session, &err, None).await
+            }
+        },
+        (Route::Faults, &Method::DELETE) => {
+            state.clear_faults();
+            respond(session, 200, JSON, ok()).await
+        }
+        (Route::Faults, &Method::POST) => {
+            let set = serde_json::from_slice::<FaultConfig>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| state.set_faults(cfg));
+            match set {
+                Ok(()) => {
+                    let body = serde_json::to_vec(&state.faults()).unwrap_or_default();
+                    respond(session, 200, JSON, body).await
+                }
+                Err(msg) => respond_error(session, &ApiError::invalid(msg, None), None).await,
+            }
+        }
+        (Route::Faults, _) => {
+            let body = serde_json::to_vec(&state.faults()).unwrap_or_default();
+            respond(session, 200, JSON, body).await
+        }
+        _ => respond_error(session, &ApiError::for_status(404, "Invalid URL"), None).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// I/O helpers
+
+enum BodyError {
+    TooLarge,
+    Io,
+}
+
+/// The whole request body, content-length or chunked (h1) or DATA frames (h2).
+async fn read_body(session: &mut ServerSession) -> Result<Bytes, BodyError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(BodyError::TooLarge);
+    }
+    // Most bodies arrive as one piece: keep it as is and only copy once there is a second.
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                if so_far + chunk.len() > MAX_BODY {
+                    return Err(BodyError::TooLarge);
+                }
+                match &first {
+                    None => first = Some(chunk),
+                    Some(head) => {
+                        if rest.is_empty() {
+                            rest.reserve(declared.unwrap_or(0).max(head.len() + chunk.len()));
+                            rest.extend_from_slice(head);
+                        }
+                        rest.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!("mock: reading request body: {e}");
+                return Err(BodyError::Io);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
+}
+
+fn response_header(status: u16, content_type: &'static str) -> Option<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(4)).ok()?;
+    h.insert_header(header::CONTENT_TYPE, content_type).ok()?;
+    Some(h)
+}
+
+/// A complete (content-length) response.
+async fn respond(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Next {
+    write_full(session, status, content_type, body, None).await
+}
+
+async fn respond_error(
+    session: &mut ServerSession,
+    err: &ApiError,
+    retry_after: Option<u64>,
+) -> Next {
+    write_full(session, err.status, JSON, err.to_json(), retry_after).await
+}
+
+async fn write_full(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    retry_after: Option<u64>,
+) -> Next {
+    let Some(mut h) = response_header(status, content_type) else {
+        return Next::Close;
+    };
+    if h.insert_header(header::CONTENT_LENGTH, body.len()).is_err() {
+        return Next::Close;
+    }
+    if let Some(secs) = retry_after {
+        if h.insert_header(header::RETRY_AFTER, secs).is_err() {
+            return Next::Close;
+        }
+    }
+    if session.write_response_header(Box::new(h)).await.is_err() {
+        return Next::Close;
+    }
+    match session.write_response_body(body.into(), true).await {
+        Ok(()) => Next::Reuse,
+        Err(_) => Next::Close,
+    }
+}
+
+/// An SSE response, one event per write so each one reaches the client as it is produced.
+///
+/// `cut_after` / `stream_error_after` count content events; if the reply is shorter than the
+/// limit they fire before the finish event, so a test that sets one always sees it happen.
+async fn stream(session: &mut ServerSession, events: Vec<Event>, faults: &Faults) -> Next {
+    let Some(mut h) = response_header(200, "text/event-stream") else {
+        return Next::Close;
+    };
+    let mut ok = h.insert_header(header::CACHE_CONTROL, "no-cache").is_ok();
+    if !session.is_http2() {
+        // Without a length Pingora would frame the body by closing the connection.
+        ok &= h
+            .insert_header(header::TRANSFER_ENCODING, "chunked")
+            .is_ok();
+    }
+    if !ok || session.write_response_header(Box::new(h)).await.is_err() {
+        return Next::Close;
+    }
+
+    let mut content_sent = 0u32;
+    for (i, event) in events.into_iter().enumerate() {
+        if i > 0 && !faults.chunk_delay.is_zero() {
+            tokio::time::sleep(faults.chunk_delay).await;
+        }
+        let due = |limit: Option<u32>| {
+            limit.is_some_and(|n| match event.kind {
+                EventKind::Content => content_sent >= n,
+                EventKind::Finish => true,
+                _ => false,
+            })
+        };
+        if due(faults.cut_after) {
+            // Abrupt: no terminating chunk, the connection just goes away.
+            return Next::Close;
+        }
+        if due(faults.stream_error_after) {
+            let err = ApiError::for_status(500, "injected fault: stream error");
+            return match session.write_response_body(err.to_sse(), true).await {
+                Ok(()) => Next::Reuse,
+                Err(_) => Next::Close,
+            };
+        }
+        let end = event.kind == EventKind::Done;
+        if event.kind == EventKind::Content {
+            content_sent += 1;
+        }
+        if session.write_response_body(event.bytes, end).await.is_err() {
+            return Next::Close;
+        }
+    }
+    Next::Reuse
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    #[test]
+    fn routes() {
+        let r = |m: Method, p: &str| Route::parse(&m, p);
+        assert_eq!(r(Method::POST, "/v1/chat/completions"), Route::Chat);
+        assert_eq!(r(Method::POST, "/chat/completions/"), Route::Chat);
+        assert_eq!(r(Method::GET, "/v1/chat/completions"), Route::BadMethod);
+        assert_eq!(r(Method::POST, "/v1/completions"), Route::Completions);
+        assert_eq!(r(Method::POST, "/embeddings"), Route::Embeddings);
+        assert_eq!(r(Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(
+            r(Method::GET, "/v1/models/org/m-1"),
+            Route::Model("org/m-1".into())
+        );
+        assert_eq!(r(Method::GET, "/v1/models/"), Route::Models);
+        assert_eq!(r(Method::DELETE, "/_mock/requests"), Route::Requests);
+        assert_eq!(r(Method::PUT, "/_mock/faults"), Route::BadMethod);
+        assert_eq!(r(Method::GET, "/v1x/models"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/v1"), Route::NotFound);
+    }
+
+    #[test]
+    fn auth() {
+        let v = |s: &'static str| http::HeaderValue::from_static(s);
+        assert!(check_auth(Some(&v("Bearer k1")), "k1").is_ok());
+        assert!(check_auth(Some(&v("Bearer k2")), "k1").is_err());
+        assert!(check_auth(Some(&v("k1")), "k1").is_err());
+        assert_eq!(check_auth(None, "k1").unwrap_err().status, 401);
+    }
+
+    fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    fn start(state: MockState) -> (String, Arc<MockState>) {
+        let addr = free_addr();
+        let state = Arc::new(state);
+        spawn_background(&addr, state.clone());
+        (addr, state)
+    }
+
+    /// A minimal HTTP/1.1 client so tests can see framing and timing exactly.
+    struct Conn {
+        reader: BufReader<TcpStream>,
+    }
+
+    struct Resp {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        /// (time since the request was sent, bytes) per body chunk.
+        chunks: Vec<(Duration, Vec<u8>)>,
+        complete: bool,
+    }
+
+    impl Resp {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap()
+        }
+    }
+
+    impl Conn {
+        fn open(addr: &str) -> Conn {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            Conn {
+                reader: BufReader::new(s),
+            }
+        }
+
+        fn send(
+            &mut self,
+            method: &str,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Resp {
+            let mut req = format!("{method} {path} HTTP/1.1\r\nHost: mock\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+            {
+                req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            req.push_str("\r\n");
+            let s = self.reader.get_mut();
+            s.write_all(req.as_bytes()).unwrap();
+            s.write_all(body).unwrap();
+            self.read_response(Instant::now())
+        }
+
+        fn line(&mut self) -> Option<String> {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(line.trim_end().to_string()),
+            }
+        }
+
+        fn read_response(&mut self, sent: Instant) -> Resp {
+            let status_line = self.line().unwrap();
+            let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+            let mut headers = Vec::new();
+            while let Some(l) = self.line().filter(|l| !l.is_empty()) {
+                let (k, v) = l.split_once(':').unwrap();
+                headers.push((k.trim().to_lowercase(), v.trim().to_string()));
+            }
+            let mut resp = Resp {
+                status,
+                headers,
+                body: Vec::new(),
+                chunks: Vec::new(),
+                complete: false,
+            };
+            if resp.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    let Some(size) = self.line() else { return resp };
+                    let Ok(size) = usize::from_str_radix(&size, 16) else {
+                        return resp;
+                    };
+                    let mut chunk = vec![0; size + 2];
+                    if self.reader.read_exact(&mut chunk).is_err() {
+                        return resp;
+                    }
+                    chunk.truncate(size);
+                    if size == 0 {
+                        resp.complete = true;
+                        return resp;
+                    }
+                    resp.body.extend_from_slice(&chunk);
+                    resp.chunks.push((sent.elapsed(), chunk));
+                }
+            }
+            let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+            resp.body = vec![0; len];
+            self.reader.read_exact(&mut resp.body).unwrap();
+            resp.complete = true;
+            resp
+        }
+    }
+
+    fn chat_body(stream: bool) -> String {
+        serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hello there"}],
+            "stream": stream,
+            "stream_options": {"include_usage": true},
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn live_stream_arrives_chunk_by_chunk() {
+        let (addr, _) = start(MockState::default());
+        let mut conn = Conn::open(&addr);
+        let resp = conn.send(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mock-chunk-delay-ms", "60"), ("x-mock-words", "4")],
+            chat_body(true).as_bytes(),
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+        assert!(resp.complete);
+        // head + 4 words + finish + usage + [DONE], each its own chunked-encoding chunk.
+        assert_eq!(resp.chunks.len(), 8);
+        for (_, c) in &resp.chunks {
+            assert!(c.starts_with(b"data: ") && c.ends_with(b"\n\n"));
+        }
+        let (first, last) = (resp.chunks[0].0, resp.chunks[7].0);
+        assert!(
+            last - first >= Duration::from_millis(300),
+            "{first:?} .. {last:?}"
+        );
+        let usage: serde_json::Value = serde_json::from_slice(&resp.chunks[6].1[6..]).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 4);
+        assert_eq!(usage["usage"]["prompt_tokens"], 3 + 3);
+        assert_eq!(resp.chunks[7].1, b"data: [DONE]\n\n");
+
+        // Same connection, kept alive: a plain completion.
+        let resp = conn.send(
+            "POST",
+            "/chat/completions",
+            &[],
+            chat_body(false).as_bytes(),
+        );
+        assert_eq!(resp.status, 200);
+        let v = resp.json();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["usage"]["completion_tokens"], 9);
+    }
+
+    #[test]
+    fn live_cut_and_stream_error() {
+        let (addr, _) = start(MockState::default());
+        let resp = Conn::open(&addr).send(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mock-cut-after", "2")],
+            chat_body(true).as_bytes(),
+        );
+        assert!(!resp.complete, "no terminating chunk after a cut");
+        assert_eq!(resp.chunks.len(), 3); // head + 2 words
+        assert!(!String::from_utf8_lossy(&resp.body).contains("[DONE]"));
+
+        let mut conn = Conn::open(&addr);
+        let resp = conn.send(
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mock-stream-error-after", "1")],
+            chat_body(true).as_bytes(),
+        );
+        assert!(resp.complete);
+        let last = &resp.chunks.last().unwrap().1;
+        assert!(last.starts_with(b"data: {\"error\""));
+        // The connection is still usable after a clean error event.
+        let resp = conn.send("GET", "/v1/models", &[], b"");
+        assert_eq!(resp.status, 200);
+    }
+
+    #[test]
+    fn live_auth_faults_and_log() {
+        let (addr, state) = start(MockState::new(Some("sk-up".into())));
+        let mut conn = Conn::open(&addr);
+        let resp = conn.send(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            chat_body(false).as_bytes(),
+        );
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.json()["error"]["code"], "invalid_api_key");
+
+        let auth = ("Authorization", "Bearer sk-up");
+        let resp = conn.send(
+            "POST",
+            "/v1/chat/completions",
+            &[auth, ("x-mock-status", "429")],
+            b"{}",
+        );
+        assert_eq!(resp.status, 429);
+        assert_eq!(resp.header("retry-after"), Some("1"));
+        assert_eq!(resp.json()["error"]["type"], "requests");
+
+        let resp = conn.send("POST", "/v1/chat/completions", &[auth], b"{not json");
+        assert_eq!(resp.status, 400);
+        let resp = conn.send("POST", "/v1/nope", &[auth], b"");
+        assert_eq!(resp.status, 404);
+        let resp = conn.send(
+            "POST",
+            "/v1/chat/completions",
+            &[auth, ("x-mock-words", "x")],
+            b"",
+        );
+        assert_eq!(resp.status, 400);
+
+        // Global faults: the next request fails, then they clear themselves.
+        let resp = conn.send(
+            "POST",
+            "/_mock/faults",
+            &[],
+            br#"{"status":503,"remaining":1}"#,
+        );
+        assert_eq!(resp.status, 200);
+        let body = chat_body(false);
+        let resp = conn.send("POST", "/v1/chat/completions", &[auth], body.as_bytes());
+        assert_eq!(resp.status, 503);
+        let resp = conn.send("POST", "/v1/chat/completions", &[auth], body.as_bytes());
+        assert_eq!(resp.status, 200);
+        let resp = conn.send("POST", "/_mock/faults", &[], br#"{"stauts":503}"#);
+        assert_eq!(resp.status, 400);
+
+        // A chunked multi-MB request body, logged in full as the newest entry.
+        let big = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "y".repeat(3 << 20)}],
+        })
+        .to_string();
+        let mut chunked = Vec::new();
+        for part in big.as_bytes().chunks(100_000) {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let te = ("Transfer-Encoding", "chunked");
+        let resp = conn.send("POST", "/v1/chat/completions", &[auth, te], &chunked);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.json()["usage"]["prompt_tokens"], (3 << 20) / 4 + 3);
+
+        let resp = conn.send("GET", "/_mock/requests/last", &[], b"");
+        let last = resp.json();
+        assert_eq!(last["body_len"], big.len());
+        assert_eq!(last["json"]["model"], "m");
+        assert_eq!(last["headers"]["authorization"], "Bearer sk-up");
+        let resp = conn.send("GET", "/_mock/requests", &[], b"");
+        // Control routes are not logged: 8 provider requests so far.
+        assert_eq!(resp.json()["requests"].as_array().unwrap().len(), 8);
+        assert_eq!(state.requests().len(), 8);
+        conn.send("DELETE", "/_mock/requests", &[], b"");
+        assert!(state.requests().is_empty());
+    }
+
+    #[test]
+    fn live_hang_closes_when_client_leaves() {
+        let (addr, state) = start(MockState::default());
+        let mut conn = Conn::open(&addr);
+        let req = "POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nx-mock-hang: 1\r\nContent-Length: 2\r\n\r\n{}";
+        conn.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        conn.reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        // Nothing comes back while we wait.
+        assert!(conn.reader.read(&mut buf).is_err());
+        drop(conn);
+        // The server is still fine afterwards.
+        let resp = Conn::open(&addr).send("GET", "/_mock/health", &[], b"");
+        assert_eq!(resp.status, 200);
+        assert_eq!(state.requests().len(), 1);
+    }
+}

@@ -1,0 +1,450 @@
+//! A scanner for the members of one JSON object that reports byte spans instead of values.
+//!
+//! The gateway has to change one or two top-level members (`model`, `stream_options`) of bodies
+//! that can be megabytes long (vision requests carry base64 images). Parsing into a
+//! `serde_json::Value` and serialising again would allocate the whole tree and could reorder or
+//! reformat bytes the client chose; instead we find where each member's key and value start and
+//! end, and the caller copies everything else verbatim.
+//!
+//! The scanner only tracks what decides where a value ends: string quotes and escapes, and
+//! bracket depth. It is deliberately lenient inside values (it does not check number syntax,
+//! UTF-8, or that `[` is closed by `]` rather than `}`): request bodies are fully validated by
+//! serde before they are rewritten, and for upstream responses a best-effort rewrite is the
+//! right behaviour. The object's own structure (`{`, keys, `:`, `,`, `}`, trailing bytes) is
+//! checked, so a span it reports is always a real member of that object.
+//!
+//! Nothing here allocates, recurses, or panics: nesting is followed with a counter, and strings
+//! (where big payloads live) are skipped with `memchr`.
+
+use std::fmt;
+use std::ops::Range;
+
+use memchr::{memchr, memchr2};
+
+/// Why an object could not be scanned: what was expected, and at which byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanError {
+    pub offset: usize,
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "expected {} at byte {}", self.expected, self.offset)
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// One member of an object: the key's span (quotes included) and the value's span (exact, no
+/// surrounding whitespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+}
+
+impl Member {
+    /// Whether the key, decoded, equals `name`. Keys are compared decoded because serde (which
+    /// validates requests) treats `"mod\u0065l"` as `model`; the rewrite must agree with it.
+    pub fn key_is(&self, src: &[u8], name: &str) -> bool {
+        let Some(quoted) = src.get(self.key.clone()) else {
+            return false;
+        };
+        let Some(raw) = quoted
+            .strip_prefix(b"\"")
+            .and_then(|q| q.strip_suffix(b"\""))
+        else {
+            return false;
+        };
+        if memchr(b'\\', raw).is_none() {
+            return raw == name.as_bytes();
+        }
+        // Rare: an escaped key. Decoding allocates, but only for keys that contain escapes.
+        serde_json::from_slice::<String>(quoted).is_ok_and(|key| key == name)
+    }
+
+    /// The value's bytes.
+    pub fn value<'a>(&self, src: &'a [u8]) -> &'a [u8] {
+        src.get(self.value.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Just after `{`: the next token is a key or `}`.
+    First,
+    /// Just after a value: the next token is `,` or `}`.
+    Rest,
+    /// The closing brace was found at this index.
+    Done(usize),
+}
+
+/// Walks the members of one JSON object, in order.
+///
+/// ```
+/// use tollgate::providers::json_scan::ObjectScanner;
+/// let body = br#"{"model": "a", "n": [1, {"model": 2}]}"#;
+/// let mut scan = ObjectScanner::new(body).unwrap();
+/// let first = scan.next_member().unwrap().unwrap();
+/// assert!(first.key_is(body, "model"));
+/// assert_eq!(first.value(body), br#""a""#);
+/// ```
+pub struct ObjectScanner<'a> {
+    src: &'a [u8],
+    pos: usize,
+    state: State,
+    /// A top-level object must be followed by nothing but whitespace.
+    top_level: bool,
+    members: usize,
+}
+
+impl<'a> ObjectScanner<'a> {
+    /// Scans a whole document that must be one object (surrounding whitespace allowed).
+    pub fn new(src: &'a [u8]) -> Result<Self, ScanError> {
+        let open = skip_ws(src, 0);
+        let mut scanner = Self::at(src, open)?;
+        scanner.top_level = true;
+        Ok(scanner)
+    }
+
+    /// Scans the object whose `{` is at `open`, e.g. a member's value span start.
+    pub fn at(src: &'a [u8], open: usize) -> Result<Self, ScanError> {
+        if src.get(open) != Some(&b'{') {
+            return Err(ScanError {
+                offset: open,
+                expected: "'{'",
+            });
+        }
+        Ok(ObjectScanner {
+            src,
+            pos: open + 1,
+            state: State::First,
+            top_level: false,
+            members: 0,
+        })
+    }
+
+    /// The next member, `Ok(None)` after the closing brace.
+    pub fn next_member(&mut self) -> Result<Option<Member>, ScanError> {
+        let src = self.src;
+        let mut p = skip_ws(src, self.pos);
+        match self.state {
+            State::Done(_) => return Ok(None),
+            State::First => {
+                if src.get(p) == Some(&b'}') {
+                    return self.close(p);
+                }
+            }
+            State::Rest => match src.get(p) {
+                Some(b',') => p = skip_ws(src, p + 1),
+                Some(b'}') => return self.close(p),
+                _ => {
+                    return Err(ScanError {
+                        offset: p,
+                        expected: "',' or '}'",
+                    })
+                }
+            },
+        }
+        if src.get(p) != Some(&b'"') {
+            return Err(ScanError {
+                offset: p,
+                expected: "a string key",
+            });
+        }
+        let key_end = skip_string(src, p)?;
+        let colon = skip_ws(src, key_end);
+        if src.get(colon) != Some(&b':') {
+            return Err(ScanError {
+                offset: colon,
+                expected: "':'",
+            });
+        }
+        let value_start = skip_ws(src, colon + 1);
+        let value_end = skip_value(src, value_start)?;
+        self.pos = value_end;
+        self.state = State::Rest;
+        self.members += 1;
+        Ok(Some(Member {
+            key: p..key_end,
+            value: value_start..value_end,
+        }))
+    }
+
+    /// Index of the closing `}`, once `next_member` has returned `Ok(None)`. Members are
+    /// inserted just before it.
+    pub fn close_brace(&self) -> Option<usize> {
+        match self.state {
+            State::Done(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    /// How many members have been returned so far (an inserted member needs a comma if any).
+    pub fn member_count(&self) -> usize {
+        self.members
+    }
+
+    fn close(&mut self, brace: usize) -> Result<Option<Member>, ScanError> {
+        if self.top_level {
+            let end = skip_ws(self.src, brace + 1);
+            if end != self.src.len() {
+                return Err(ScanError {
+                    offset: end,
+                    expected: "end of input",
+                });
+            }
+        }
+        self.state = State::Done(brace);
+        Ok(None)
+    }
+}
+
+/// Scans a whole object and returns its first member named `name` (decoded comparison).
+pub fn find_member(src: &[u8], name: &str) -> Result<Option<Member>, ScanError> {
+    let mut scanner = ObjectScanner::new(src)?;
+    let mut found = None;
+    // Keep going after a hit: the rest of the object must be well-formed too.
+    while let Some(member) = scanner.next_member()? {
+        if found.is_none() && member.key_is(src, name) {
+            found = Some(member);
+        }
+    }
+    Ok(found)
+}
+
+/// Appends `s` as a JSON string literal (quotes included). Infallible, unlike
+/// `serde_json::to_writer`, so callers need no error path for a value they produced.
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn skip_ws(src: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = src.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// `src[start]` is `"`; returns the index just past the closing quote.
+fn skip_string(src: &[u8], start: usize) -> Result<usize, ScanError> {
+    let mut i = start + 1;
+    while i <= src.len() {
+        match memchr2(b'"', b'\\', &src[i..]) {
+            Some(k) if src[i + k] == b'"' => return Ok(i + k + 1),
+            // A backslash escapes exactly the next byte as far as finding the end is concerned
+            // (`\uXXXX` has no quote or backslash in its hex digits).
+            Some(k) => i += k + 2,
+            None => break,
+        }
+    }
+    Err(ScanError {
+        offset: src.len(),
+        expected: "closing '\"'",
+    })
+}
+
+/// Returns the index just past the value starting at `start`.
+fn skip_value(src: &[u8], start: usize) -> Result<usize, ScanError> {
+    match src.get(start) {
+        Some(b'"') => skip_string(src, start),
+        Some(b'{' | b'[') => skip_nested(src, start),
+        Some(_) => {
+            // Literals and numbers: a run of the bytes they can be made of.
+            let len = src[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                .count();
+            if len == 0 {
+                return Err(ScanError {
+                    offset: start,
+                    expected: "a value",
+                });
+            }
+            Ok(start + len)
+        }
+        None => Err(ScanError {
+            offset: start,
+            expected: "a value",
+        }),
+    }
+}
+
+/// `src[start]` opens an object or array; returns the index just past its closing bracket.
+fn skip_nested(src: &[u8], start: usize) -> Result<usize, ScanError> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while let Some(&b) = src.get(i) {
+        match b {
+            b'"' => {
+                i = skip_string(src, i)?;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(ScanError {
+        offset: src.len(),
+        expected: "closing bracket",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(src: &[u8]) -> Result<Vec<(String, String)>, ScanError> {
+        let mut scanner = ObjectScanner::new(src)?;
+        let mut out = Vec::new();
+        while let Some(m) = scanner.next_member()? {
+            let key = String::from_utf8_lossy(&src[m.key.clone()]).into_owned();
+            let value = String::from_utf8_lossy(m.value(src)).into_owned();
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn spans_of_every_kind_of_value() {
+        let src = br#" { "a" : 1 , "b":"x\"}y", "c":[1,{"d":"]"}], "e":{"f":{}} ,"g":true,"h":null,"i":-1.5e+3 }
+"#;
+        let got = members(src).unwrap();
+        let want = [
+            (r#""a""#, "1"),
+            (r#""b""#, r#""x\"}y""#),
+            (r#""c""#, r#"[1,{"d":"]"}]"#),
+            (r#""e""#, r#"{"f":{}}"#),
+            (r#""g""#, "true"),
+            (r#""h""#, "null"),
+            (r#""i""#, "-1.5e+3"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((k, v), (wk, wv)) in got.iter().zip(want) {
+            assert_eq!((k.as_str(), v.as_str()), (wk, wv));
+        }
+    }
+
+    #[test]
+    fn model_nested_or_inside_strings_is_not_top_level() {
+        let src = br#"{"messages":[{"role":"user","content":"\"model\": \"x\"","model":"inner"}],"meta":{"model":"m"},"model":"gpt-4o"}"#;
+        let found = find_member(src, "model").unwrap().unwrap();
+        assert_eq!(found.value(src), br#""gpt-4o""#);
+        let mut scanner = ObjectScanner::new(src).unwrap();
+        let mut n = 0;
+        while let Some(m) = scanner.next_member().unwrap() {
+            n += usize::from(m.key_is(src, "model"));
+        }
+        assert_eq!(n, 1);
+        assert_eq!(scanner.close_brace(), Some(src.len() - 1));
+        assert_eq!(scanner.member_count(), 3);
+    }
+
+    #[test]
+    fn escaped_keys_compare_decoded() {
+        let src = br#"{"mod\u0065l":"x","model\\":"y"}"#;
+        let mut scanner = ObjectScanner::new(src).unwrap();
+        let first = scanner.next_member().unwrap().unwrap();
+        let second = scanner.next_member().unwrap().unwrap();
+        assert!(first.key_is(src, "model"));
+        assert!(!second.key_is(src, "model"));
+        assert!(second.key_is(src, "model\\"));
+    }
+
+    #[test]
+    fn empty_object_and_nested_scan() {
+        let src = b"{ }";
+        let mut scanner = ObjectScanner::new(src).unwrap();
+        assert_eq!(scanner.next_member().unwrap(), None);
+        assert_eq!(scanner.next_member().unwrap(), None);
+        assert_eq!(scanner.close_brace(), Some(2));
+        assert_eq!(scanner.member_count(), 0);
+
+        let src = br#"{"so":{"a":1},"x":2} trailing"#;
+        // Not a valid document, but the nested object can still be scanned on its own.
+        assert!(members(src).is_err());
+        let mut inner = ObjectScanner::at(src, 6).unwrap();
+        assert!(inner.next_member().unwrap().unwrap().key_is(src, "a"));
+        assert_eq!(inner.next_member().unwrap(), None);
+        assert_eq!(inner.close_brace(), Some(12));
+    }
+
+    #[test]
+    fn malformed_objects_are_errors_not_panics() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b" ",
+            b"[]",
+            b"\"x\"",
+            b"{",
+            b"{\"",
+            b"{\"a\"",
+            b"{\"a\":",
+            b"{\"a\":}",
+            b"{\"a\" 1}",
+            b"{\"a\":1,}",
+            b"{\"a\":1 \"b\":2}",
+            b"{a:1}",
+            b"{\"a\":\"x}",
+            b"{\"a\":\"x\\\"}",
+            b"{\"a\":[1,2}",
+            b"{\"a\":{}}}",
+            b"{\"a\":1}x",
+            b"{\"a\":\"\\",
+            b"{\"a\":,}",
+            b"{,}",
+        ];
+        for src in bad {
+            assert!(members(src).is_err(), "{:?}", String::from_utf8_lossy(src));
+        }
+        // Every prefix of a valid object is an error (truncated bodies), never a panic.
+        let good = br#"{"model":"m","messages":[{"content":"a\"b"}],"n":1}"#;
+        assert!(members(good).is_ok());
+        for cut in 0..good.len() {
+            assert!(members(&good[..cut]).is_err(), "prefix {cut}");
+        }
+    }
+
+    #[test]
+    fn json_string_writer_escapes() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, "a\"b\\c\nd\u{1}é/");
+        assert_eq!(out, r#""a\"b\\c\nd\u0001é/""#.as_bytes());
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é/");
+    }
+}

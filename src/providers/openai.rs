@@ -1,0 +1,1107 @@
+//! The OpenAI chat-completions wire format: validating and rewriting requests, rewriting
+//! responses, and reading the parts of streamed chunks that metering needs.
+//!
+//! Bodies are never turned into a `serde_json::Value`. Validation streams through serde with
+//! visitors that keep only scalars and counts (message contents are skipped, not copied), and
+//! rewrites splice bytes at spans found by [`json_scan`], so a 1 MiB image costs one scan and
+//! one copy.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::json_scan::{self, ObjectScanner, ScanError};
+use crate::metering::usage::Usage;
+
+/// What the gateway needs to know about a chat request before forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRequestInfo {
+    pub model: String,
+    pub stream: bool,
+    /// The client's own `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// The larger of `max_tokens` and `max_completion_tokens` when either is given: the request
+    /// cannot generate more than this per choice, whichever of the two the provider honours.
+    pub max_tokens: Option<u64>,
+    pub message_count: usize,
+    /// Number of choices to generate (`n`), 1 when absent. Output cost scales with it.
+    pub n: u64,
+}
+
+/// A request the gateway refuses, in the shape of OpenAI's `invalid_request_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub message: String,
+    pub param: Option<String>,
+}
+
+impl RequestError {
+    fn new(message: impl Into<String>, param: Option<&str>) -> Self {
+        RequestError {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    fn field(param: &str, message: impl Into<String>) -> Self {
+        Self::new(message, Some(param))
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Validates a chat-completions request body and extracts what routing and billing need.
+///
+/// The whole body is checked to be syntactically valid JSON (serde walks it once, skipping
+/// contents without allocating them). Known fields given twice are rejected: serde-based
+/// upstreams keep the last occurrence, and if we read a different one than the provider, a
+/// client could be routed or billed for one model while getting another.
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequestInfo, RequestError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => return Err(RequestError::new("request body is empty", None)),
+        Some(b'{') => {}
+        Some(_) => {
+            // Distinguish "valid JSON, wrong shape" from "not JSON" for a clearer message.
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Ok(_) => RequestError::new("request body must be a JSON object", None),
+                Err(e) => not_json(e),
+            });
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let fields = (&mut de).deserialize_map(TopLevel).map_err(not_json)?;
+    de.end().map_err(not_json)?;
+    fields.validate()
+}
+
+fn not_json(e: serde_json::Error) -> RequestError {
+    RequestError::new(format!("request body is not valid JSON: {e}"), None)
+}
+
+/// Rewrites a request for the upstream: the top-level `model` becomes `upstream_model`, and
+/// with `add_include_usage` (a streamed request whose client did not ask for usage) the
+/// gateway asks for the usage chunk itself, keeping any other `stream_options` members.
+///
+/// Every other byte is copied verbatim. Meant for bodies [`parse_chat_request`] accepted; a body
+/// that is not an object comes back unchanged.
+pub fn rewrite_chat_request(body: &[u8], upstream_model: &str, add_include_usage: bool) -> Vec<u8> {
+    let mut model = Vec::with_capacity(upstream_model.len() + 2);
+    json_scan::write_json_string(&mut model, upstream_model);
+    match plan_request_edits(body, add_include_usage) {
+        Ok(edits) => apply_edits(body, &edits, &model),
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// Rewrites a non-streamed response for the client (`model` becomes the gateway's slug) and
+/// reads its usage. A body that is not a JSON object (an HTML error page, say) comes back
+/// unchanged with no usage. A body without `model` (an error object) gets none added.
+pub fn rewrite_chat_response(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>) {
+    let mut model = Vec::with_capacity(slug.len() + 2);
+    json_scan::write_json_string(&mut model, slug);
+    let mut edits = Vec::new();
+    let mut usage = None;
+    let scanned = (|| -> Result<(), ScanError> {
+        let mut scanner = ObjectScanner::new(body)?;
+        while let Some(member) = scanner.next_member()? {
+            if member.key_is(body, "model") {
+                edits.push(Edit {
+                    at: member.value,
+                    with: Insert::Model,
+                });
+            } else if member.key_is(body, "usage") {
+                usage = parse_usage(member.value(body));
+            }
+        }
+        Ok(())
+    })();
+    match scanned {
+        Ok(()) => (apply_edits(body, &edits, &model), usage),
+        Err(_) => (body.to_vec(), None),
+    }
+}
+
+/// The top-level `id` of a response or chunk (`chatcmpl-...`), if it is a string.
+pub fn response_id(body: &[u8]) -> Option<String> {
+    let member = json_scan::find_member(body, "id").ok()??;
+    serde_json::from_slice(member.value(body)).ok()
+}
+
+/// Reads an OpenAI `usage` object. `None` for `null` or anything malformed.
+pub fn parse_usage(json: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Option<UsageWire>>(json)
+        .ok()
+        .flatten()
+        .map(UsageWire::into_usage)
+}
+
+/// What metering needs from one streamed `chat.completion.chunk`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// A non-null `usage` member.
+    pub usage: Option<Usage>,
+    /// Length of the `choices` array, `None` when absent or null.
+    pub choices: Option<usize>,
+    /// Characters of generated text in this chunk: content, refusal, reasoning, tool names and
+    /// arguments, over all choices.
+    pub generated_chars: u64,
+    /// A non-null top-level `error` member (providers report mid-stream failures this way).
+    pub is_error: bool,
+}
+
+/// Reads a chunk's metering fields; `None` if `data` is not a JSON object of the expected
+/// shape. Nothing is allocated: text is counted where serde hands it over.
+pub fn inspect_stream_chunk(data: &[u8]) -> Option<ChunkInfo> {
+    let chunk: ChunkWire = serde_json::from_slice(data).ok()?;
+    let choices = chunk.choices.as_ref();
+    Some(ChunkInfo {
+        usage: chunk.usage.map(UsageWire::into_usage),
+        choices: choices.map(|c| c.len),
+        generated_chars: choices.map_or(0, |c| c.chars),
+        is_error: chunk.error.is_some(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request validation.
+
+/// A value reduced to what validation looks at. Containers are walked (serde must, to check
+/// syntax) but their contents are dropped, except an object's `include_usage`, which is all we
+/// read from `stream_options`.
+enum Shallow<'a> {
+    Null,
+    Bool(bool),
+    UInt(u64),
+    Int,
+    Float,
+    Str(Cow<'a, str>),
+    Array(usize),
+    Object(IncludeUsage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IncludeUsage {
+    Absent,
+    Null,
+    Bool(bool),
+    Invalid,
+}
+
+impl<'de> Deserialize<'de> for Shallow<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShallowVisitor)
+    }
+}
+
+struct ShallowVisitor;
+
+impl<'de> Visitor<'de> for ShallowVisitor {
+    type Value = Shallow<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Shallow::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Shallow::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Shallow::UInt(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        // serde_json only calls this for negative integers.
+        Ok(if v >= 0 {
+            Shallow::UInt(v.unsigned_abs())
+        } else {
+            Shallow::Int
+        })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Shallow::Float)
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Shallow::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Shallow::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut len = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            len += 1;
+        }
+        Ok(Shallow::Array(len))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut include_usage = IncludeUsage::Absent;
+        while let Some(key) = map.next_key::<Key<IncludeUsageKey>>()? {
+            if key.0 {
+                include_usage = match map.next_value::<Shallow>()? {
+                    Shallow::Null => IncludeUsage::Null,
+                    Shallow::Bool(b) => IncludeUsage::Bool(b),
+                    _ => IncludeUsage::Invalid,
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Shallow::Object(include_usage))
+    }
+}
+
+/// A map key compared against one name without allocating (escaped keys arrive decoded in a
+/// scratch buffer through `visit_str`).
+struct Key<N>(bool, std::marker::PhantomData<N>);
+
+trait KeyName {
+    const NAME: &'static str;
+}
+
+struct IncludeUsageKey;
+impl KeyName for IncludeUsageKey {
+    const NAME: &'static str = "include_usage";
+}
+
+impl<'de, N: KeyName> Deserialize<'de> for Key<N> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<N>(std::marker::PhantomData<N>);
+        impl<N: KeyName> Visitor<'_> for V<N> {
+            type Value = Key<N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(v == N::NAME, std::marker::PhantomData))
+            }
+        }
+        d.deserialize_identifier(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Model,
+    Messages,
+    Stream,
+    StreamOptions,
+    MaxTokens,
+    MaxCompletionTokens,
+    N,
+    Other,
+}
+
+impl Field {
+    const KNOWN: [Field; 7] = [
+        Field::Model,
+        Field::Messages,
+        Field::Stream,
+        Field::StreamOptions,
+        Field::MaxTokens,
+        Field::MaxCompletionTokens,
+        Field::N,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Model => "model",
+            Field::Messages => "messages",
+            Field::Stream => "stream",
+            Field::StreamOptions => "stream_options",
+            Field::MaxTokens => "max_tokens",
+            Field::MaxCompletionTokens => "max_completion_tokens",
+            Field::N => "n",
+            Field::Other => "",
+        }
+    }
+
+    /// Slot in `Fields::values`; `Other` is past the end, so it has no slot.
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(Field::KNOWN
+                    .into_iter()
+                    .find(|f| f.name() == v)
+                    .unwrap_or(Field::Other))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// The known top-level fields, each the last value seen, indexed by `Field`.
+#[derive(Default)]
+struct Fields<'a> {
+    values: [Option<Shallow<'a>>; Field::KNOWN.len()],
+    duplicate: Option<Field>,
+}
+
+struct TopLevel;
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            let Some(slot) = fields.values.get_mut(field.index()) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let value = map.next_value::<Shallow>()?;
+            if slot.replace(value).is_some() && fields.duplicate.is_none() {
+                fields.duplicate = Some(field);
+            }
+        }
+        Ok(fields)
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, field: Field) -> Option<Shallow<'a>> {
+        self.values.get_mut(field.index()).and_then(Option::take)
+    }
+
+    fn validate(mut self) -> Result<ChatRequestInfo, RequestError> {
+        if let Some(field) = self.duplicate {
+            let name = field.name();
+            return Err(RequestError::field(
+                name,
+                format!("duplicate field '{name}'"),
+            ));
+        }
+        let model = match self.take(Field::Model) {
+            None => {
+                return Err(RequestError::field(
+                    "model",
+                    "missing required field 'model'",
+                ))
+            }
+            Some(Shallow::Str(s)) if !s.is_empty() => s.into_owned(),
+            Some(Shallow::Str(_)) => {
+                return Err(RequestError::field(
+                    "model",
+                    "'model' must be a non-empty string",
+                ))
+            }
+            Some(_) => return Err(RequestError::field("model", "'model' must be a string")),
+        };
+        let message_count = match self.take(Field::Messages) {
+            None => {
+                return Err(RequestError::field(
+                    "messages",
+                    "missing required field 'messages'",
+                ))
+            }
+            Some(Shallow::Array(len)) if len > 0 => len,
+            Some(_) => {
+                return Err(RequestError::field(
+                    "messages",
+                    "'messages' must be a non-empty array",
+                ))
+            }
+        };
+        let stream = match self.take(Field::Stream) {
+            None | Some(Shallow::Null) => false,
+            Some(Shallow::Bool(b)) => b,
+            Some(_) => return Err(RequestError::field("stream", "'stream' must be a boolean")),
+        };
+        let include_usage = match self.take(Field::StreamOptions) {
+            None | Some(Shallow::Null) => false,
+            Some(Shallow::Object(IncludeUsage::Absent | IncludeUsage::Null)) => false,
+            Some(Shallow::Object(IncludeUsage::Bool(b))) => b,
+            Some(Shallow::Object(IncludeUsage::Invalid)) => {
+                let param = "stream_options.include_usage";
+                return Err(RequestError::field(
+                    param,
+                    format!("'{param}' must be a boolean"),
+                ));
+            }
+            Some(_) => {
+                let param = "stream_options";
+                return Err(RequestError::field(
+                    param,
+                    "'stream_options' must be an object",
+                ));
+            }
+        };
+        let max_tokens = self.count(Field::MaxTokens)?;
+        let max_completion_tokens = self.count(Field::MaxCompletionTokens)?;
+        let n = match self.take(Field::N) {
+            None | Some(Shallow::Null) => 1,
+            Some(Shallow::UInt(n)) if n > 0 => n,
+            Some(_) => return Err(RequestError::field("n", "'n' must be a positive integer")),
+        };
+        Ok(ChatRequestInfo {
+            model,
+            stream,
+            include_usage,
+            max_tokens: max_tokens.max(max_completion_tokens),
+            message_count,
+            n,
+        })
+    }
+
+    /// An optional non-negative integer field (`null` counts as absent).
+    fn count(&mut self, field: Field) -> Result<Option<u64>, RequestError> {
+        match self.take(field) {
+            None | Some(Shallow::Null) => Ok(None),
+            Some(Shallow::UInt(n)) => Ok(Some(n)),
+            Some(_) => {
+                let name = field.name();
+                Err(RequestError::field(
+                    name,
+                    format!("'{name}' must be a non-negative integer"),
+                ))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rewriting by splicing.
+
+/// Replace the bytes at `at` (empty for an insertion) with `with`.
+struct Edit {
+    at: Range<usize>,
+    with: Insert,
+}
+
+enum Insert {
+    /// The new model name, JSON-escaped.
+    Model,
+    True,
+    /// `"include_usage":true` as a new member, after a comma if the object has members.
+    IncludeUsageMember {
+        comma: bool,
+    },
+    /// `"stream_options":{"include_usage":true}` as a new member.
+    StreamOptionsMember {
+        comma: bool,
+    },
+    /// `{"include_usage":true}` in place of a `null` value.
+    StreamOptionsObject,
+}
+
+/// The edits, in body order (the scan is in order, and insertions go at closing braces, after
+/// everything inside their object).
+fn plan_request_edits(body: &[u8], add_include_usage: bool) -> Result<Vec<Edit>, ScanError> {
+    let mut edits = Vec::new();
+    let mut scanner = ObjectScanner::new(body)?;
+    let mut has_stream_options = false;
+    while let Some(member) = scanner.next_member()? {
+        if member.key_is(body, "model") {
+            edits.push(Edit {
+                at: member.value,
+                with: Insert::Model,
+            });
+        } else if add_include_usage && member.key_is(body, "stream_options") {
+            has_stream_options = true;
+            match member.value(body).first() {
+                Some(b'{') => plan_include_usage(body, member.value.start, &mut edits)?,
+                Some(b'n') => edits.push(Edit {
+                    at: member.value,
+                    with: Insert::StreamOptionsObject,
+                }),
+                // Any other type was rejected by validation; leave it for the provider to refuse.
+                _ => {}
+            }
+        }
+    }
+    if add_include_usage && !has_stream_options {
+        let close = scanner.close_brace().unwrap_or(body.len());
+        let comma = scanner.member_count() > 0;
+        edits.push(Edit {
+            at: close..close,
+            with: Insert::StreamOptionsMember { comma },
+        });
+    }
+    Ok(edits)
+}
+
+/// Sets `include_usage` to true inside the `stream_options` object opening at `open`.
+fn plan_include_usage(body: &[u8], open: usize, edits: &mut Vec<Edit>) -> Result<(), ScanError> {
+    let mut scanner = ObjectScanner::at(body, open)?;
+    let mut found = false;
+    while let Some(member) = scanner.next_member()? {
+        if member.key_is(body, "include_usage") {
+            found = true;
+            edits.push(Edit {
+                at: member.value,
+                with: Insert::True,
+            });
+        }
+    }
+    if !found {
+        let close = scanner.close_brace().unwrap_or(open);
+        let comma = scanner.member_count() > 0;
+        edits.push(Edit {
+            at: close..close,
+            with: Insert::IncludeUsageMember { comma },
+        });
+    }
+    Ok(())
+}
+
+fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + model.len() + 48);
+    let mut copied = 0;
+    for edit in edits {
+        // Edits are in order and within the body (they come from the scan); `get` keeps a
+        // mistake from ever panicking.
+        out.extend_from_slice(body.get(copied..edit.at.start).unwrap_or_default());
+        match edit.with {
+            Insert::Model => out.extend_from_slice(model),
+            Insert::True => out.extend_from_slice(b"true"),
+            Insert::IncludeUsageMember { comma } => {
+                if comma {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""include_usage":true"#);
+            }
+            Insert::StreamOptionsMember { comma } => {
+                if comma {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+            }
+            Insert::StreamOptionsObject => out.extend_from_slice(br#"{"include_usage":true}"#),
+        }
+        copied = edit.at.end.max(copied);
+    }
+    out.extend_from_slice(body.get(copied..).unwrap_or_default());
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response and chunk wire types. Only the fields metering reads; serde skips the rest.
+
+#[derive(Deserialize)]
+struct UsageWire {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetailsWire>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetailsWire {
+    cached_tokens: Option<u64>,
+}
+
+impl UsageWire {
+    fn into_usage(self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+            cached_prompt_tokens: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChunkWire {
+    choices: Option<ChoicesWire>,
+    usage: Option<UsageWire>,
+    error: Option<IgnoredAny>,
+}
+
+/// The `choices` array reduced to its length and generated characters, without a `Vec`.
+struct ChoicesWire {
+    len: usize,
+    chars: u64,
+}
+
+#[derive(Deserialize)]
+struct ChoiceWire {
+    delta: Option<DeltaWire>,
+}
+
+#[derive(Deserialize)]
+struct DeltaWire {
+    content: Option<Chars>,
+    refusal: Option<Chars>,
+    reasoning_content: Option<Chars>,
+    reasoning: Option<Chars>,
+    tool_calls: Option<ToolCallsWire>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallWire {
+    function: Option<FunctionWire>,
+}
+
+#[derive(Deserialize)]
+struct FunctionWire {
+    name: Option<Chars>,
+    arguments: Option<Chars>,
+}
+
+/// A string reduced to its length in characters.
+struct Chars(u64);
+
+fn chars(field: Option<Chars>) -> u64 {
+    field.map_or(0, |c| c.0)
+}
+
+impl DeltaWire {
+    fn chars(self) -> u64 {
+        chars(self.content)
+            + chars(self.refusal)
+            + chars(self.reasoning_content)
+            + chars(self.reasoning)
+            + self.tool_calls.map_or(0, |t| t.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Chars {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Chars;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Chars, E> {
+                Ok(Chars(v.chars().count() as u64))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChoicesWire {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ChoicesWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesWire, A::Error> {
+                let mut out = ChoicesWire { len: 0, chars: 0 };
+                while let Some(choice) = seq.next_element::<ChoiceWire>()? {
+                    out.len += 1;
+                    out.chars += choice.delta.map_or(0, DeltaWire::chars);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `delta.tool_calls`, reduced to the characters of names and arguments.
+struct ToolCallsWire(u64);
+
+impl<'de> Deserialize<'de> for ToolCallsWire {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ToolCallsWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of tool calls")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolCallsWire, A::Error> {
+                let mut total = 0;
+                while let Some(call) = seq.next_element::<ToolCallWire>()? {
+                    if let Some(f) = call.function {
+                        total += chars(f.name) + chars(f.arguments);
+                    }
+                }
+                Ok(ToolCallsWire(total))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(body: &str) -> Result<ChatRequestInfo, RequestError> {
+        parse_chat_request(body.as_bytes())
+    }
+
+    fn err(body: &str) -> (String, Option<String>) {
+        let e = parse(body).expect_err(body);
+        (e.message, e.param)
+    }
+
+    const BASIC: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+    #[test]
+    fn parses_a_valid_request() {
+        let info = parse(BASIC).unwrap();
+        let want = ChatRequestInfo {
+            model: "gpt-4o".into(),
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+            message_count: 1,
+            n: 1,
+        };
+        assert_eq!(info, want);
+
+        let body = r#" {"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"\"model\": \"x\""}]}],
+            "model":"fast\n\u0041","stream":true,"stream_options":{"include_usage":true,"x":[1]},
+            "max_tokens":100,"max_completion_tokens":200,"n":2,"temperature":0.2,"tools":[{"type":"function"}],"user":null} "#;
+        let info = parse(body).unwrap();
+        assert_eq!(info.model, "fast\nA");
+        assert!(info.stream && info.include_usage);
+        assert_eq!(
+            (info.max_tokens, info.message_count, info.n),
+            (Some(200), 2, 2)
+        );
+    }
+
+    #[test]
+    fn nulls_mean_absent_for_optional_fields() {
+        let body = r#"{"model":"m","messages":[{}],"stream":null,"stream_options":null,"max_tokens":null,"max_completion_tokens":7,"n":null}"#;
+        let info = parse(body).unwrap();
+        assert_eq!(
+            (info.stream, info.include_usage, info.max_tokens, info.n),
+            (false, false, Some(7), 1)
+        );
+        let body = r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":null}}"#;
+        assert!(!parse(body).unwrap().include_usage);
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let p = |s: &str| Some(s.to_owned());
+        let cases = [
+            (
+                r#"{"messages":[{}]}"#,
+                "missing required field 'model'",
+                p("model"),
+            ),
+            (
+                r#"{"model":null,"messages":[{}]}"#,
+                "'model' must be a string",
+                p("model"),
+            ),
+            (
+                r#"{"model":7,"messages":[{}]}"#,
+                "'model' must be a string",
+                p("model"),
+            ),
+            (
+                r#"{"model":"","messages":[{}]}"#,
+                "'model' must be a non-empty string",
+                p("model"),
+            ),
+            (
+                r#"{"model":"m"}"#,
+                "missing required field 'messages'",
+                p("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":[]}"#,
+                "'messages' must be a non-empty array",
+                p("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":{}}"#,
+                "'messages' must be a non-empty array",
+                p("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"stream":"yes"}"#,
+                "'stream' must be a boolean",
+                p("stream"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"stream_options":true}"#,
+                "'stream_options' must be an object",
+                p("stream_options"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"stream_options":{"include_usage":1}}"#,
+                "'stream_options.include_usage' must be a boolean",
+                p("stream_options.include_usage"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"max_tokens":-1}"#,
+                "'max_tokens' must be a non-negative integer",
+                p("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"max_tokens":1.5}"#,
+                "'max_tokens' must be a non-negative integer",
+                p("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"max_completion_tokens":"9"}"#,
+                "'max_completion_tokens' must be a non-negative integer",
+                p("max_completion_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[1],"n":0}"#,
+                "'n' must be a positive integer",
+                p("n"),
+            ),
+            (
+                r#"{"model":"a","messages":[1],"model":"b"}"#,
+                "duplicate field 'model'",
+                p("model"),
+            ),
+            (
+                r#"{"model":"a","messages":[1],"stre\u0061m":true,"stream":false}"#,
+                "duplicate field 'stream'",
+                p("stream"),
+            ),
+            ("[1,2]", "request body must be a JSON object", None),
+            ("\"model\"", "request body must be a JSON object", None),
+            (" \n", "request body is empty", None),
+        ];
+        for (body, message, param) in cases {
+            assert_eq!(err(body), (message.to_owned(), param), "{body}");
+        }
+        // Unknown fields may repeat: they are the provider's business.
+        assert!(parse(r#"{"model":"m","messages":[1],"x":1,"x":2}"#).is_ok());
+    }
+
+    #[test]
+    fn malformed_json_is_rejected() {
+        for body in [
+            "{",
+            "{\"model\":\"m\",\"messages\":[{}]",
+            "{\"model\":\"m\",\"messages\":[{}],}",
+            "{\"model\":\"m\",\"messages\":[{\"content\":\"a\nb\"}]}",
+            "{\"model\":\"m\",\"messages\":[{}]} x",
+            "{\"model\":\"m\",\"messages\":[{}]}{}",
+            "{model:\"m\"}",
+            "[1,",
+            "nul",
+        ] {
+            let (message, param) = err(body);
+            assert!(
+                message.starts_with("request body is not valid JSON: "),
+                "{body}: {message}"
+            );
+            assert_eq!(param, None);
+        }
+        // Every truncation of a valid body is an error, not a panic and not a success.
+        for cut in 0..BASIC.len() {
+            assert!(
+                parse_chat_request(&BASIC.as_bytes()[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        assert!(parse_chat_request(b"{\"model\":\"\xFF\",\"messages\":[1]}").is_err());
+        let deep = format!(
+            "{{\"model\":\"m\",\"messages\":[1],\"x\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        // Skipped values are walked without recursion: deep nesting is valid and costs no stack.
+        assert!(parse(&deep).is_ok());
+        // Values we look into hit serde's recursion limit instead of overflowing the stack.
+        let nested = format!(
+            "{{\"model\":\"m\",\"messages\":[1],\"stream_options\":{}1{}}}",
+            "{\"include_usage\":".repeat(10_000),
+            "}".repeat(10_000)
+        );
+        assert!(err(&nested).0.contains("recursion limit"));
+    }
+
+    fn value(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn rewrite_replaces_only_the_top_level_model() {
+        let body = r#"{ "messages" : [{"role":"user","content":"\"model\": \"x\"","model":"inner"}], "model" : "gpt-4o" ,"meta":{"model":"m"}}"#;
+        let out = rewrite_chat_request(body.as_bytes(), "gpt-4o-2024-08-06", false);
+        let want = body.replace(r#""model" : "gpt-4o""#, r#""model" : "gpt-4o-2024-08-06""#);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+
+        // The new name is escaped.
+        let out = rewrite_chat_request(BASIC.as_bytes(), "we\"ird\\name\n", false);
+        assert_eq!(value(&out)["model"], "we\"ird\\name\n");
+        // An escaped key is still the model.
+        let out = rewrite_chat_request(br#"{"mod\u0065l":"a","messages":[1]}"#, "b", false);
+        assert_eq!(out, br#"{"mod\u0065l":"b","messages":[1]}"#);
+    }
+
+    #[test]
+    fn rewrite_adds_or_merges_include_usage() {
+        let cases = [
+            (
+                r#"{"model":"a","messages":[1],"stream":true}"#,
+                r#"{"model":"b","messages":[1],"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                "{\"model\":\"a\",\"messages\":[1],\"stream\":true\n}\n",
+                "{\"model\":\"b\",\"messages\":[1],\"stream\":true\n,\"stream_options\":{\"include_usage\":true}}\n",
+            ),
+            (
+                r#"{"model":"a","stream_options":{"x":1}, "messages":[1]}"#,
+                r#"{"model":"b","stream_options":{"x":1,"include_usage":true}, "messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{ },"messages":[1]}"#,
+                r#"{"model":"b","stream_options":{ "include_usage":true},"messages":[1]}"#,
+            ),
+            (
+                r#"{"model":"a","stream_options":{"include_usage":false,"y":{"include_usage":0}},"messages":[1]}"#,
+                r#"{"model":"b","stream_options":{"include_usage":true,"y":{"include_usage":0}},"messages":[1]}"#,
+            ),
+            (
+                r#"{"stream_options":null,"model":"a","messages":[1]}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"b","messages":[1]}"#,
+            ),
+        ];
+        for (body, want) in cases {
+            let out = rewrite_chat_request(body.as_bytes(), "b", true);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), want);
+            let info = parse_chat_request(&out).unwrap();
+            assert!(info.include_usage);
+            assert_eq!(info.model, "b");
+        }
+    }
+
+    #[test]
+    fn rewrite_preserves_everything_else() {
+        let body = json!({
+            "model": "a",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is \"model\": here? \u{1F600} \\ \n"},
+                {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "QUJD".repeat(1000))}},
+            ]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"model": {"type": "string"}}}}],
+            "stream": true,
+        });
+        let bytes = serde_json::to_vec_pretty(&body).unwrap();
+        let out = rewrite_chat_request(&bytes, "z", true);
+        let mut want = body.clone();
+        want["model"] = json!("z");
+        want["stream_options"] = json!({"include_usage": true});
+        assert_eq!(value(&out), want);
+        // Not a JSON object: returned unchanged rather than mangled.
+        assert_eq!(rewrite_chat_request(b"[1]", "z", true), b"[1]");
+        assert_eq!(
+            rewrite_chat_request(b"{\"model\":", "z", true),
+            b"{\"model\":"
+        );
+    }
+
+    #[test]
+    fn response_rewrite_and_usage() {
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"{\"model\":\"x\"}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0}},"system_fingerprint":"fp"}"#;
+        let (out, usage) = rewrite_chat_response(body.as_bytes(), "openai/gpt-4o");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            body.replace(
+                r#""model":"gpt-4o-2024-08-06""#,
+                r#""model":"openai/gpt-4o""#
+            )
+        );
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 19,
+                completion_tokens: 10,
+                cached_prompt_tokens: 3
+            })
+        );
+
+        let (out, usage) = rewrite_chat_response(br#"{"model":"m","usage":null}"#, "s");
+        assert_eq!(
+            (out.as_slice(), usage),
+            (&br#"{"model":"s","usage":null}"#[..], None)
+        );
+        let (out, usage) =
+            rewrite_chat_response(br#"{"model":"m","usage":{"prompt_tokens":2}}"#, "s");
+        assert_eq!(out, br#"{"model":"s","usage":{"prompt_tokens":2}}"#);
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                ..Usage::default()
+            })
+        );
+        for raw in [
+            &b"<html>bad gateway</html>"[..],
+            b"",
+            b"{\"model\":\"m\"",
+            br#"{"error":{"message":"x"}}"#,
+        ] {
+            assert_eq!(rewrite_chat_response(raw, "s"), (raw.to_vec(), None));
+        }
+    }
+
+    #[test]
+    fn reads_response_ids() {
+        assert_eq!(
+            response_id(br#"{"model":"m","id":"chatcmpl-1\u0041"}"#).as_deref(),
+            Some("chatcmpl-1A")
+        );
+        assert_eq!(response_id(br#"{"choices":[{"id":"x"}]}"#), None);
+        assert_eq!(response_id(br#"{"id":7}"#), None);
+        assert_eq!(response_id(b"not json"), None);
+    }
+
+    #[test]
+    fn inspects_stream_chunks() {
+        let chunk = br#"{"model":"m","choices":[{"delta":{"content":"h\u00e9\n"}},{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{}"}},{"function":{"arguments":null}}]}}],"usage":null}"#;
+        let info = inspect_stream_chunk(chunk).unwrap();
+        assert_eq!(
+            info,
+            ChunkInfo {
+                usage: None,
+                choices: Some(2),
+                generated_chars: 3 + 1 + 2,
+                is_error: false
+            }
+        );
+        let info = inspect_stream_chunk(
+            br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(info.choices, Some(0));
+        assert_eq!(info.usage.map(|u| u.total_tokens()), Some(3));
+        assert!(
+            inspect_stream_chunk(br#"{"error":{"message":"boom"}}"#)
+                .unwrap()
+                .is_error
+        );
+        assert!(!inspect_stream_chunk(br#"{"error":null}"#).unwrap().is_error);
+        assert_eq!(inspect_stream_chunk(b"[DONE]"), None);
+        assert_eq!(
+            inspect_stream_chunk(br#"{"choices":[{"delta":{"content":5}}]}"#),
+            None
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Resending a rewritten request body of any size on every upstream attempt.
+//!
+//! Pingora replays a request body to the upstream from its retry buffer, which holds only
+//! 64 KiB (`BODY_BUF_LIMIT` in pingora-core). The gateway must read the whole body in
+//! `request_filter` (the route depends on `model`), so for a larger body the buffer is
+//! truncated, `proxy_h1` never calls `request_body_filter`, the downstream is already done,
+//! and the upstream waits forever for a body that never comes (pingora issue #349).
+//!
+//! [`BodyReplaySession`] wraps the real downstream session in Pingora's custom-session
+//! trait: every call is delegated to the real session, except that the request body is
+//! reported as fully read and [`get_retry_buffer`](CustomSession::get_retry_buffer) returns
+//! the rewritten body. Pingora then sends exactly that body on every attempt, whatever its
+//! size. The real session is put back ([`ReplaySlot::restore`]) in `logging` and first thing in
+//! `fail_to_proxy`, because a custom session's `finish()` returns no reusable connection:
+//! without the swap, keep-alive would be lost and error replies would lack `Connection: close`.
+//!
+//! Pingora is pinned to an exact version in Cargo.toml: a new defaulted method on the trait
+//! would otherwise silently not be delegated.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::custom::server::Session as CustomSession;
+use pingora::protocols::http::custom::CustomMessageWrite;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::Digest;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The stream type of Pingora's custom-message API, named once.
+type BoxedBodyStream =
+    Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
+
+/// Where the wrapper hands the real session back when it is dropped.
+///
+/// A `Box<dyn CustomSession>` cannot be downcast (the trait has no `Any` bound), so the way
+/// back is the wrapper's `Drop`: swapping a placeholder in drops the wrapper, which moves the
+/// real session into this slot, and the slot puts it back.
+#[derive(Default)]
+pub struct ReplaySlot(Arc<Mutex<Option<ServerSession>>>);
+
+impl ReplaySlot {
+    /// Put `body` in front of the real downstream session. Call after the whole body was read.
+    pub fn install(session: &mut Session, body: Bytes) -> ReplaySlot {
+        let slot = ReplaySlot::default();
+        let real = std::mem::replace(&mut *session.downstream_session, detached_session());
+        let wrapper = BodyReplaySession { inner: Some(real), body, slot: slot.0.clone() };
+        *session.downstream_session = ServerSession::new_custom(Box::new(wrapper));
+        slot
+    }
+
+    /// Swap the real downstream session back in. Call once; later calls do nothing.
+    pub fn restore(&self, session: &mut Session) {
+        if !session.downstream_session.is_custom() {
+            return;
+        }
+        // Dropping the wrapper fills the slot.
+        drop(std::mem::replace(&mut *session.downstream_session, detached_session()));
+        let real = self.0.lock().ok().and_then(|mut s| s.take());
+        match real {
+            Some(real) => *session.downstream_session = real,
+            None => log::error!("body replay: the real downstream session was not handed back"),
+        }
+    }
+}
+
+fn detached_session() -> ServerSession {
+    ServerSession::new_custom(Box::new(Detached))
+}
+
+pub struct BodyReplaySession {
+    /// Always `Some` until `Drop` moves it into `slot`.
+    inner: Option<ServerSession>,
+    body: Bytes,
+    slot: Arc<Mutex<Option<ServerSession>>>,
+}
+
+impl Drop for BodyReplaySession {
+    fn drop(&mut self) {
+        if let (Some(inner), Ok(mut slot)) = (self.inner.take(), self.slot.lock()) {
+            *slot = Some(inner);
+        }
+    }
+}
+
+impl BodyReplaySession {
+    fn s(&self) -> &ServerSession {
+        self.inner.as_ref().expect("inner is Some until drop")
+    }
+    fn m(&mut self) -> &mut ServerSession {
+        self.inner.as_mut().expect("inner is Some until drop")
+    }
+}
+
+#[async_trait]
+impl CustomSession for BodyReplaySession {
+    fn req_header(&self) -> &RequestHeader {
+        self.s().req_header()
+    }
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        self.m().req_header_mut()
+    }
+    // The body was consumed in request_filter; Pingora only ever gets it from the retry buffer.
+    async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        Ok(None)
+    }
+    async fn drain_request_body(&mut self) -> Result<()> {
+        Ok(())
+    }
+    async fn write_response_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
+        self.m().write_response_header(resp).await?;
+        if end {
+            self.m().finish_body().await?;
+        }
+        Ok(())
+    }
+    async fn write_response_header_ref(&mut self, resp: &ResponseHeader, end: bool) -> Result<()> {
+        self.m().write_response_header_ref(resp).await?;
+        if end {
+            self.m().finish_body().await?;
+        }
+        Ok(())
+    }
+    async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
+        self.m().write_response_body(data, end).await
+    }
+    async fn write_trailers(&mut self, trailers: HeaderMap) -> Result<()> {
+        self.m().write_response_trailers(trailers).await
+    }
+    async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        self.m().response_duplex_vec(tasks).await
+    }
+    fn proxy_tasks_enabled(&self) -> bool {
+        self.s().supports_proxy_task_api()
+    }
+    fn set_proxy_tasks_enabled(&mut self, enabled: bool) {
+        self.m().set_proxy_tasks_enabled(enabled)
+    }
+    fn send_proxy_task(&mut self, task: HttpTask) {
+        self.m().send_downstream_proxy_task(task)
+    }
+    fn has_pending_proxy_tasks(&self) -> bool {
+        self.s().has_pending_downstream_proxy_tasks()
+    }
+    async fn write_proxy_tasks(&mut self) -> Result<bool> {
+        self.m().write_downstream_proxy_tasks().await
+    }
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_read_timeout(timeout)
+    }
+    fn get_read_timeout(&self) -> Option<Duration> {
+        self.s().get_read_timeout()
+    }
+    fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_write_timeout(timeout)
+    }
+    fn get_write_timeout(&self) -> Option<Duration> {
+        self.s().get_write_timeout()
+    }
+    fn set_total_drain_timeout(&mut self, timeout: Option<Duration>) {
+        self.m().set_total_drain_timeout(timeout)
+    }
+    fn get_total_drain_timeout(&self) -> Option<Duration> {
+        self.s().get_total_drain_timeout()
+    }
+    fn request_summary(&self) -> String {
+        self.s().request_summary()
+    }
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.s().response_written()
+    }
+    async fn shutdown(&mut self, _code: u32, _ctx: &str) {
+        self.m().shutdown().await
+    }
+    async fn abandon(&mut self, _ctx: &str) {
+        self.m().shutdown().await
+    }
+    fn is_body_done(&mut self) -> bool {
+        true
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.m().finish_body().await
+    }
+    fn is_body_empty(&mut self) -> bool {
+        self.body.is_empty()
+    }
+    async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
+        // The body is done, so this only waits for the client to go away (or errors if it
+        // sends more), exactly as the real session does once its body is read.
+        let _ = no_body_expected;
+        self.m().read_body_or_idle(true).await
+    }
+    fn body_bytes_sent(&self) -> usize {
+        self.s().body_bytes_sent()
+    }
+    fn body_bytes_read(&self) -> usize {
+        self.s().body_bytes_read()
+    }
+    fn digest(&self) -> Option<&Digest> {
+        self.s().digest()
+    }
+    fn digest_mut(&mut self) -> Option<&mut Digest> {
+        self.m().digest_mut()
+    }
+    fn client_addr(&self) -> Option<&SocketAddr> {
+        self.s().client_addr()
+    }
+    fn server_addr(&self) -> Option<&SocketAddr> {
+        self.s().server_addr()
+    }
+    fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        self.s().to_h1_raw()
+    }
+    fn enable_retry_buffering(&mut self) {}
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+    fn get_retry_buffer(&self) -> Option<Bytes> {
+        Some(self.body.clone())
+    }
+    async fn finish_custom(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn take_custom_message_reader(&mut self) -> Option<BoxedBodyStream> {
+        None
+    }
+    fn restore_custom_message_reader(&mut self, _reader: BoxedBodyStream) -> Result<()> {
+        Ok(())
+    }
+    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
+        None
+    }
+    fn restore_custom_message_writer(&mut self, _writer: Box<dyn CustomMessageWrite>) -> Result<()> {
+        Ok(())
+    }
+    fn is_upgrade_req(&self) -> bool {
+        false
+    }
+    fn was_upgraded(&self) -> bool {
+        false
+    }
+}
+
+/// Stands in for the downstream session for the instant of a swap; never used.
+struct Detached;
+
+fn detached<T>() -> Result<T> {
+    Error::e_explain(ErrorType::InternalError, "downstream session detached")
+}
+
+#[async_trait]
+impl CustomSession for Detached {
+    fn req_header(&self) -> &RequestHeader {
+        unreachable!("the detached placeholder lives only during a swap")
+    }
+    fn req_header_mut(&mut self) -> &mut RequestHeader {
+        unreachable!("the detached placeholder lives only during a swap")
+    }
+    async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        detached()
+    }
+    async fn drain_request_body(&mut self) -> Result<()> {
+        detached()
+    }
+    async fn write_response_header(&mut self, _: Box<ResponseHeader>, _: bool) -> Result<()> {
+        detached()
+    }
+    async fn write_response_header_ref(&mut self, _: &ResponseHeader, _: bool) -> Result<()> {
+        detached()
+    }
+    async fn write_body(&mut self, _: Bytes, _: bool) -> Result<()> {
+        detached()
+    }
+    async fn write_trailers(&mut self, _: HeaderMap) -> Result<()> {
+        detached()
+    }
+    async fn response_duplex_vec(&mut self, _: Vec<HttpTask>) -> Result<bool> {
+        detached()
+    }
+    fn set_read_timeout(&mut self, _: Option<Duration>) {}
+    fn get_read_timeout(&self) -> Option<Duration> {
+        None
+    }
+    fn set_write_timeout(&mut self, _: Option<Duration>) {}
+    fn get_write_timeout(&self) -> Option<Duration> {
+        None
+    }
+    fn set_total_drain_timeout(&mut self, _: Option<Duration>) {}
+    fn get_total_drain_timeout(&self) -> Option<Duration> {
+        None
+    }
+    fn request_summary(&self) -> String {
+        String::new()
+    }
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        None
+    }
+    async fn shutdown(&mut self, _: u32, _: &str) {}
+    fn is_body_done(&mut self) -> bool {
+        true
+    }
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn is_body_empty(&mut self) -> bool {
+        true
+    }
+    async fn read_body_or_idle(&mut self, _: bool) -> Result<Option<Bytes>> {
+        detached()
+    }
+    fn body_bytes_sent(&self) -> usize {
+        0
+    }
+    fn body_bytes_read(&self) -> usize {
+        0
+    }
+    fn digest(&self) -> Option<&Digest> {
+        None
+    }
+    fn digest_mut(&mut self) -> Option<&mut Digest> {
+        None
+    }
+    fn client_addr(&self) -> Option<&SocketAddr> {
+        None
+    }
+    fn server_addr(&self) -> Option<&SocketAddr> {
+        None
+    }
+    fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        Bytes::new()
+    }
+    fn enable_retry_buffering(&mut self) {}
+    fn retry_buffer_truncated(&self) -> bool {
+        false
+    }
+    fn get_retry_buffer(&self) -> Option<Bytes> {
+        None
+    }
+    async fn finish_custom(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn take_custom_message_reader(&mut self) -> Option<BoxedBodyStream> {
+        None
+    }
+    fn restore_custom_message_reader(&mut self, _: BoxedBodyStream) -> Result<()> {
+        Ok(())
+    }
+    fn take_custom_message_writer(&mut self) -> Option<Box<dyn CustomMessageWrite>> {
+        None
+    }
+    fn restore_custom_message_writer(&mut self, _: Box<dyn CustomMessageWrite>) -> Result<()> {
+        Ok(())
+    }
+}

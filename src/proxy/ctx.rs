@@ -1,0 +1,122 @@
+//! What one request carries through Pingora's phases.
+
+use super::body_replay::ReplaySlot;
+use crate::api::error::ApiError;
+use crate::billing::keys::KeyEntry;
+use crate::billing::ledger::Reservation;
+use crate::config::{Config, Model, Provider};
+use crate::metering::stream::OpenAiStreamMeter;
+use crate::metering::usage::Usage;
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How the response body is handled on its way back.
+#[derive(Default)]
+pub enum BodyMode {
+    /// Nothing to do (local replies, or before the upstream answered).
+    #[default]
+    Untouched,
+    /// A 2xx SSE stream: rewritten and metered chunk by chunk, never held back.
+    Stream(Box<OpenAiStreamMeter>),
+    /// A 2xx JSON completion: collected, then rewritten and metered once whole.
+    Json(BytesMut),
+    /// A provider error: collected, then answered in the contract's shape.
+    Error(BytesMut),
+}
+
+/// The inference part of a request, present once it passed auth, parsing and reservation.
+pub struct Inference {
+    pub model: Arc<Model>,
+    pub provider: Arc<Provider>,
+    /// `/chat/completions` etc., appended to the provider's path prefix.
+    pub endpoint: &'static str,
+    pub stream: bool,
+    /// The client asked for `stream_options.include_usage` itself.
+    pub client_wants_usage: bool,
+    pub request_bytes: usize,
+    /// Length of the rewritten body sent upstream.
+    pub upstream_body_len: usize,
+    pub reservation: Option<Reservation>,
+}
+
+pub struct RequestCtx {
+    pub start: Instant,
+    pub request_id: String,
+    pub generation_id: String,
+    /// The snapshot this request pins for its whole life.
+    pub config: Arc<Config>,
+    pub key: Option<Arc<KeyEntry>>,
+    pub inference: Option<Inference>,
+    /// Set while the downstream session is wrapped to replay the body.
+    pub replay: Option<ReplaySlot>,
+    pub body_mode: BodyMode,
+    /// The error this request answered with, if the gateway produced one.
+    pub error: Option<ApiError>,
+    /// Status sent to the client.
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub usage: Option<Usage>,
+    /// The response body's `id` (e.g. `chatcmpl-…`), so `/generation?id=` finds it too.
+    pub body_id: Option<String>,
+    pub usage_estimated: bool,
+    /// When the upstream attempt began (peer chosen) and when its header arrived.
+    pub upstream_start: Option<Instant>,
+    pub upstream_header: Option<Instant>,
+    pub first_body_byte: Option<Instant>,
+    pub upstream_end: Option<Instant>,
+    /// Microseconds spent inside the gateway, upstream time excluded (as of the header).
+    pub overhead_us: u64,
+    pub stream_started: bool,
+    /// Route label for metrics: a fixed word, never a raw path.
+    pub route_label: &'static str,
+    /// Counts this request for the SIGTERM drain until the ctx is dropped.
+    _in_flight: crate::server::InFlight,
+}
+
+impl RequestCtx {
+    pub fn new(config: Arc<Config>) -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            generation_id: String::new(),
+            config,
+            key: None,
+            inference: None,
+            replay: None,
+            body_mode: BodyMode::Untouched,
+            error: None,
+            status: 0,
+            upstream_status: None,
+            usage: None,
+            body_id: None,
+            usage_estimated: false,
+            upstream_start: None,
+            upstream_header: None,
+            first_body_byte: None,
+            upstream_end: None,
+            overhead_us: 0,
+            stream_started: false,
+            route_label: "other",
+            _in_flight: crate::server::InFlight::enter(),
+        }
+    }
+
+    /// Gateway time so far: the wall time minus the time spent waiting on the upstream.
+    pub fn overhead_now(&self) -> u64 {
+        let total = self.start.elapsed();
+        let upstream = match (self.upstream_start, self.upstream_header) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            (Some(a), None) => a.elapsed(),
+            _ => Default::default(),
+        };
+        total.saturating_sub(upstream).as_micros() as u64
+    }
+}
+
+/// A short random id for `X-Request-Id`.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("req-{:024x}", n & ((1u128 << 96) - 1))
+}

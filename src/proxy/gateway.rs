@@ -1,0 +1,358 @@
+//! The one `ProxyHttp` implementation: a request's path through Pingora's phases.
+//!
+//! - `request_filter`: route; answer local routes; for inference authenticate, read and
+//!   validate the body, pick the model, reserve the worst-case cost, rewrite the body and
+//!   install it for replay.
+//! - `upstream_peer`: the provider's address, TLS and timeouts.
+//! - `upstream_request_filter`: the provider's path, Host and credentials; the client's key
+//!   and anything carrying our key prefix removed; `accept-encoding` stripped so bodies can
+//!   be metered.
+//! - `response_filter` / `response_body_filter`: rewrite `model`, meter usage (streams chunk
+//!   by chunk, never buffered), wrap provider errors in the contract's shape.
+//! - `logging`: settle or release the reservation, record the generation, metrics, access log.
+
+use super::body_replay::ReplaySlot;
+use super::ctx::{BodyMode, Inference, RequestCtx};
+use super::{access_log, local, read_body::read_body, upstream_error};
+use crate::api::error::{self, ApiError};
+use crate::api::{self, Endpoint, Route};
+use crate::app::App;
+use crate::metering::stream::OpenAiStreamMeter;
+use crate::metering::{estimate, usage::Usage};
+use crate::metrics;
+use crate::providers::openai;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest upstream JSON body the gateway collects to rewrite (non-streaming responses and
+/// provider errors). Completions are far smaller; this only bounds a misbehaving upstream.
+const MAX_COLLECTED_RESPONSE: usize = 64 * 1024 * 1024;
+
+pub struct Gateway {
+    pub app: Arc<App>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.app.config.pin())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.request_id = super::ctx::new_request_id();
+        let header = session.req_header();
+        let route = api::route(&header.method, header.uri.path());
+        ctx.route_label = route.label();
+        let outcome = match route {
+            Route::Inference(endpoint) => self.begin_inference(session, ctx, endpoint).await,
+            other => Err(local::answer(&self.app, session, ctx, other).await),
+        };
+        match outcome {
+            // Proceed upstream.
+            Ok(()) => Ok(false),
+            Err(reply) => {
+                local::write_reply(session, ctx, reply).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let inf = ctx.inference.as_ref().ok_or_else(|| {
+            Error::explain(pingora::ErrorType::InternalError, "no inference route chosen")
+        })?;
+        let up = &inf.provider.upstream;
+        let mut peer = HttpPeer::new((up.host.as_str(), up.port), up.tls, up.host.clone());
+        peer.options.connection_timeout = Some(inf.provider.connect_timeout);
+        peer.options.read_timeout = Some(inf.provider.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(inf) = ctx.inference.as_ref() else { return Ok(()) };
+        super::upstream_headers::prepare(req, inf, &ctx.config.server.key_prefix)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_header = Some(Instant::now());
+        let status = resp.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let Some(inf) = ctx.inference.as_ref() {
+            let ok = (200..300).contains(&status);
+            ctx.body_mode = match (ok, inf.stream) {
+                (true, true) => {
+                    metrics::ACTIVE_STREAMS.inc();
+                    ctx.stream_started = true;
+                    // Strip the usage-only chunk only when the gateway asked for it itself.
+                    let meter = OpenAiStreamMeter::new(&inf.model.slug, !inf.client_wants_usage);
+                    BodyMode::Stream(Box::new(meter))
+                }
+                (true, false) => BodyMode::Json(BytesMut::new()),
+                (false, _) => BodyMode::Error(BytesMut::new()),
+            };
+            // A provider 5xx is our 502; its own 4xx passes through with its status.
+            let client_status = if status >= 500 { 502 } else { status };
+            if client_status != status {
+                resp.set_status(client_status)?;
+            }
+            if !ok {
+                resp.insert_header("content-type", "application/json")?;
+            }
+            // The body is rewritten, so its length changes: re-frame it.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            if session.req_header().version != http::Version::HTTP_2 {
+                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            for name in HIDDEN_UPSTREAM_HEADERS {
+                resp.remove_header(*name);
+            }
+        }
+        ctx.status = resp.status.as_u16();
+        ctx.overhead_us = ctx.overhead_now();
+        local::stamp(resp, ctx)?;
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.inference.is_none() {
+            return Ok(None);
+        }
+        if ctx.first_body_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_body_byte = Some(Instant::now());
+        }
+        match &mut ctx.body_mode {
+            BodyMode::Untouched => {}
+            BodyMode::Stream(meter) => {
+                let mut out = BytesMut::new();
+                if let Some(chunk) = body.as_ref() {
+                    meter.on_bytes(chunk, &mut out);
+                }
+                if end_of_stream {
+                    meter.on_end(&mut out);
+                }
+                *body = (!out.is_empty()).then(|| out.freeze());
+            }
+            BodyMode::Json(buf) | BodyMode::Error(buf) => {
+                if let Some(chunk) = body.take() {
+                    if buf.len() + chunk.len() > MAX_COLLECTED_RESPONSE {
+                        return Error::e_explain(
+                            pingora::ErrorType::InvalidHTTPHeader,
+                            "upstream response too large",
+                        );
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                if end_of_stream {
+                    *body = Some(self.finish_collected(ctx));
+                }
+            }
+        }
+        if end_of_stream {
+            ctx.upstream_end = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // A stale pooled connection fails before the upstream saw the request: safe to retry
+        // while nothing has reached the client yet. Pingora's default never retries a POST.
+        if session.response_written().is_none() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if let Some(slot) = ctx.replay.as_ref() {
+            slot.restore(session);
+        }
+        let api_error = ctx.error.clone().unwrap_or_else(|| upstream_error::classify(e));
+        let code = api_error.status;
+        if session.response_written().is_some() {
+            // The stream already started: one error event, then the end.
+            if ctx.stream_started {
+                let _ = session.write_response_body(Some(api_error.sse_event()), true).await;
+            }
+        } else {
+            ctx.status = code;
+            local::write_reply(session, ctx, api::Reply::error(&api_error)).await;
+        }
+        ctx.error = Some(api_error);
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(slot) = ctx.replay.take() {
+            slot.restore(session);
+        }
+        if ctx.stream_started {
+            metrics::ACTIVE_STREAMS.dec();
+        }
+        if ctx.status == 0 {
+            ctx.status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        }
+        let settled = super::settle::finish(&self.app, ctx, e);
+        access_log::record(&self.app, session, ctx, &settled);
+    }
+}
+
+/// Upstream headers that describe the provider's account or framing, not the answer.
+const HIDDEN_UPSTREAM_HEADERS: &[&str] = &[
+    "openai-organization",
+    "openai-project",
+    "set-cookie",
+    "x-request-id",
+    "content-encoding",
+];
+
+impl Gateway {
+    /// Auth, body, model, reservation, rewrite. `Err` is the reply to send instead.
+    async fn begin_inference(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        endpoint: Endpoint,
+    ) -> std::result::Result<(), api::Reply> {
+        let key = local::authenticate_key(&self.app, session, ctx).map_err(api::Reply::from)?;
+        ctx.key = Some(key.clone());
+
+        let limit = ctx.config.server.max_body_bytes;
+        let body = read_body(session, limit).await.map_err(api::Reply::from)?;
+        let info = openai::parse_chat_request(&body).map_err(|e| {
+            let mut err = ApiError::invalid_request(e.message);
+            err.param = e.param;
+            api::Reply::from(err)
+        })?;
+        let (model, provider) = match ctx.config.route(&info.model) {
+            Some((m, p)) => (m.clone(), p.clone()),
+            None => return Err(ApiError::model_not_found(&info.model).into()),
+        };
+
+        // Reserve the worst case before the upstream is called: every prompt token is at
+        // least one byte, and the completion is at most max_tokens (or the model's cap).
+        let prompt_max = estimate::prompt_upper_bound(body.len(), model.context_length);
+        // `n` choices each produce up to the cap.
+        let completion_max = info.max_tokens.unwrap_or(model.max_output_tokens).saturating_mul(info.n.max(1));
+        let markup = ctx.config.billing.default_markup_bps;
+        let worst = crate::billing::money::token_cost(
+            prompt_max,
+            completion_max,
+            model.input_per_mtok,
+            model.output_per_mtok,
+            markup,
+        );
+        let reservation = self
+            .app
+            .ledger
+            .reserve(key.account_id, worst, ctx.config.billing.overdraft)
+            .map_err(|_| {
+                api::Reply::from(ApiError::insufficient_balance(format!(
+                    "balance cannot cover this request (up to {} USD reserved for {} prompt + {} completion tokens); add credits or lower max_tokens",
+                    crate::billing::money::format_usd(worst),
+                    prompt_max,
+                    completion_max
+                )))
+            })?;
+
+        ctx.generation_id = crate::store::new_generation_id();
+        let add_usage = info.stream && !info.include_usage;
+        let rewritten = openai::rewrite_chat_request(&body, &model.upstream_model, add_usage);
+        let upstream_body_len = rewritten.len();
+        ctx.replay = Some(ReplaySlot::install(session, Bytes::from(rewritten)));
+        ctx.inference = Some(Inference {
+            model,
+            provider,
+            endpoint: endpoint.upstream_path(),
+            stream: info.stream,
+            client_wants_usage: info.include_usage,
+            request_bytes: body.len(),
+            upstream_body_len,
+            reservation: Some(reservation),
+        });
+        Ok(())
+    }
+
+    /// The collected JSON or error body, rewritten for the client.
+    fn finish_collected(&self, ctx: &mut RequestCtx) -> Bytes {
+        let Some(inf) = ctx.inference.as_ref() else { return Bytes::new() };
+        match std::mem::take(&mut ctx.body_mode) {
+            BodyMode::Json(buf) => {
+                let (out, usage) = openai::rewrite_chat_response(&buf, &inf.model.slug);
+                ctx.body_id = openai::response_id(&out);
+                match usage {
+                    Some(u) => ctx.usage = Some(u),
+                    None => {
+                        // No usage reported: count what we can see, and say so.
+                        ctx.usage = Some(Usage {
+                            prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
+                            completion_tokens: estimate::tokens_from_chars(buf.len() as u64),
+                            cached_prompt_tokens: 0,
+                        });
+                        ctx.usage_estimated = true;
+                    }
+                }
+                Bytes::from(out)
+            }
+            BodyMode::Error(buf) => {
+                let status = ctx.upstream_status.unwrap_or(502);
+                let mut e = error::from_provider(status, &buf);
+                if status >= 500 {
+                    e = ApiError::upstream_error(format!("provider answered {status}: {}", e.message));
+                }
+                let body = e.body();
+                ctx.error = Some(e);
+                body
+            }
+            other => {
+                ctx.body_mode = other;
+                Bytes::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Answering from `request_filter`: local routes, refusals, and the headers every response
+//! carries.
+
+use super::ctx::RequestCtx;
+use super::read_body::read_body;
+use crate::api::error::ApiError;
+use crate::api::{account, admin, catalog, Reply, Route};
+use crate::app::App;
+use crate::billing::keys::KeyEntry;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// Local routes read small JSON bodies only.
+const LOCAL_BODY_LIMIT: u64 = 1024 * 1024;
+
+/// Serve a route that needs no upstream.
+pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Reply {
+    let result = match route {
+        Route::Healthz => Ok(Reply::json(200, &serde_json::json!({"status": "ok"}))),
+        Route::Readyz => Ok(readiness(app)),
+        Route::Models => {
+            let platform = header_str(session, "x-platform");
+            catalog::list(&ctx.config, platform.as_deref())
+        }
+        Route::Model(slug) => catalog::one(&ctx.config, &slug),
+        Route::Generation => match authenticate_key(app, session, ctx) {
+            Ok(key) => account::generation(app, &key, session.req_header().uri.query()),
+            Err(e) => Err(e),
+        },
+        Route::Credits => match authenticate_key(app, session, ctx) {
+            Ok(key) => account::credits(app, &key),
+            Err(e) => Err(e),
+        },
+        Route::AdminAccounts | Route::AdminAccount(_) | Route::AdminCredits(_) | Route::AdminKeys(_) => {
+            admin_route(app, session, ctx, route).await
+        }
+        Route::NotFound => Err(ApiError::not_found(format!(
+            "no route for {} {}",
+            session.req_header().method,
+            session.req_header().uri.path()
+        ))),
+        Route::MethodNotAllowed(allow) => {
+            let mut r = Reply::error(&ApiError::new(405, "method_not_allowed", format!("use {allow} for this route")));
+            r.headers.push(("allow", allow.to_string()));
+            Ok(r)
+        }
+        Route::Inference(_) => Err(ApiError::internal("inference routed locally")),
+    };
+    result.unwrap_or_else(|e| Reply::error(&e))
+}
+
+async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
+    admin::authorize(&ctx.config, header_str(session, "authorization").as_deref())?;
+    let body = match route {
+        Route::AdminAccount(_) => bytes::Bytes::new(),
+        _ => read_body(session, LOCAL_BODY_LIMIT).await?,
+    };
+    match route {
+        Route::AdminAccounts => admin::create_account(app, &body).await,
+        Route::AdminAccount(id) => admin::get_account(app, id),
+        Route::AdminCredits(id) => admin::grant_credits(app, id, &body).await,
+        Route::AdminKeys(id) => admin::create_key(app, &ctx.config, id, &body).await,
+        _ => Err(ApiError::internal("not an admin route")),
+    }
+}
+
+fn readiness(app: &App) -> Reply {
+    if app.is_ready() {
+        Reply::json(200, &serde_json::json!({"status": "ready"}))
+    } else {
+        Reply::json(503, &serde_json::json!({"status": "starting"}))
+    }
+}
+
+pub fn header_str(session: &Session, name: &str) -> Option<String> {
+    session.req_header().headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+}
+
+/// The API key of an inference-side request. A JWT is never accepted here.
+pub fn authenticate_key(app: &App, session: &Session, ctx: &mut RequestCtx) -> Result<Arc<KeyEntry>, ApiError> {
+    let header = session.req_header().headers.get(http::header::AUTHORIZATION);
+    let Some(value) = header.and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::invalid_api_key(
+            "missing API key: send Authorization: Bearer <your key>",
+        ));
+    };
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or(value)
+        .trim();
+    let prefix = &ctx.config.server.key_prefix;
+    if !token.starts_with(prefix.as_str()) {
+        let looks_like_jwt = token.split('.').count() == 3;
+        return Err(ApiError::invalid_api_key(if looks_like_jwt {
+            "a login token (JWT) is not accepted for inference: use an API key"
+        } else {
+            "invalid API key"
+        }));
+    }
+    match app.keys.lookup(token) {
+        Some(key) if key.is_revoked() => Err(ApiError::invalid_api_key("this API key has been revoked")),
+        Some(key) => {
+            ctx.key = Some(key.clone());
+            Ok(key)
+        }
+        None => Err(ApiError::invalid_api_key("invalid API key")),
+    }
+}
+
+/// The headers every response carries.
+pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if !ctx.generation_id.is_empty() {
+        resp.insert_header("x-generation-id", ctx.generation_id.as_str())?;
+    }
+    resp.insert_header("x-tollgate-overhead-us", ctx.overhead_us.to_string())?;
+    Ok(())
+}
+
+/// Write a complete reply. Errors writing to a client that went away are only logged.
+pub async fn write_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) {
+    if ctx.error.is_none() {
+        ctx.error = reply.error.clone();
+    }
+    ctx.status = reply.status;
+    let mut resp = match ResponseHeader::build(reply.status, Some(4 + reply.headers.len())) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot build a {} response: {e}", reply.status);
+            return;
+        }
+    };
+    ctx.overhead_us = ctx.overhead_now();
+    let built = (|| -> pingora::Result<()> {
+        resp.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
+        resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
+        for (name, value) in &reply.headers {
+            resp.insert_header(*name, value.as_str())?;
+        }
+        stamp(&mut resp, ctx)
+    })();
+    if let Err(e) = built {
+        log::error!("cannot build response headers: {e}");
+        return;
+    }
+    if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+        log::debug!("client went away before the response header: {e}");
+        return;
+    }
+    if let Err(e) = session.write_response_body(Some(reply.body), true).await {
+        log::debug!("client went away before the response body: {e}");
+    }
+}

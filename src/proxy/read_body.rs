@@ -1,0 +1,52 @@
+//! Reading a request body whole, within the configured limit.
+
+use crate::api::error::ApiError;
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+
+/// Read the whole request body, answering `100 Continue` first if the client waits for it.
+///
+/// A declared `Content-Length` over `limit` is refused before a byte is read; a chunked body
+/// is counted as it arrives and refused as soon as it passes `limit`, so a client cannot make
+/// the gateway buffer more than `limit` (+ one read) bytes.
+pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // Pingora never answers Expect itself; curl would otherwise wait ~1 s.
+        session
+            .downstream_session
+            .write_continue_response()
+            .await
+            .map_err(|e| ApiError::invalid_request(format!("cannot answer 100-continue: {e}")))?;
+    }
+
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    loop {
+        match session.downstream_session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(ApiError::too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::invalid_request(format!("cannot read request body: {e}")))
+            }
+        }
+    }
+    Ok(buf.freeze())
+}

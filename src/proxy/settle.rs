@@ -1,0 +1,120 @@
+//! The end of an inference request: charge exactly what the provider reported, or nothing.
+//!
+//! Only a successful upstream response is charged. A provider 5xx, a timeout, a refused
+//! connection or a gateway error releases the reservation; the request is still recorded as
+//! an unbilled generation so `/generation` can explain it.
+
+use super::ctx::{BodyMode, RequestCtx};
+use crate::app::App;
+use crate::billing::money::{self, Nano};
+use crate::metering::{estimate, usage::Usage};
+use crate::metrics;
+use crate::store::records::GenerationRecord;
+use pingora::Error;
+
+/// What the request cost, for the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Settled {
+    pub usage: Usage,
+    pub cost: Nano,
+    pub billed: bool,
+    pub estimated: bool,
+}
+
+pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
+    let Some(inf) = ctx.inference.as_mut() else { return Settled::default() };
+    let reservation = inf.reservation.take();
+    let Some(key) = ctx.key.clone() else { return Settled::default() };
+
+    // A stream's usage comes from its meter; a stream cut before usage arrived is estimated
+    // from what was produced.
+    if let BodyMode::Stream(meter) = &ctx.body_mode {
+        if ctx.body_id.is_none() {
+            ctx.body_id = meter.response_id().map(str::to_string);
+        }
+        match meter.usage() {
+            Some(u) => ctx.usage = Some(u),
+            None => {
+                ctx.usage = Some(Usage {
+                    prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
+                    completion_tokens: meter.estimated_completion_tokens(),
+                    cached_prompt_tokens: 0,
+                });
+                ctx.usage_estimated = true;
+            }
+        }
+    }
+
+    let upstream_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
+    let latency_ms = ctx.start.elapsed().as_millis() as u64;
+    let model = &inf.model;
+    let provider = &inf.provider;
+    let mut record = GenerationRecord {
+        id: ctx.generation_id.clone(),
+        body_id: ctx.body_id.clone().unwrap_or_default(),
+        account_id: key.account_id,
+        key_id: key.id,
+        model: model.slug.clone(),
+        provider: provider.name.clone(),
+        tokens_prompt: 0,
+        tokens_completion: 0,
+        total_cost_nano: 0,
+        latency_ms,
+        status: ctx.status,
+        streamed: inf.stream,
+        usage_estimated: false,
+        created_at: crate::store::now_secs(),
+        attempts: 1,
+        error: None,
+    };
+
+    if let (Some(start), Some(header)) = (ctx.upstream_start, ctx.upstream_header) {
+        let end = ctx.upstream_end.unwrap_or_else(std::time::Instant::now);
+        let labels = [model.slug.as_str(), provider.name.as_str()];
+        metrics::UPSTREAM_LATENCY.with_label_values(&labels).observe(end.duration_since(start).as_secs_f64());
+        let first = ctx.first_body_byte.unwrap_or(header);
+        metrics::TTFT.with_label_values(&labels).observe(first.duration_since(start).as_secs_f64());
+    }
+
+    match (upstream_ok, ctx.usage, reservation) {
+        (true, Some(usage), Some(reservation)) => {
+            let cost = money::token_cost(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                model.input_per_mtok,
+                model.output_per_mtok,
+                ctx.config.billing.default_markup_bps,
+            );
+            record.tokens_prompt = usage.prompt_tokens;
+            record.tokens_completion = usage.completion_tokens;
+            record.total_cost_nano = cost;
+            record.usage_estimated = ctx.usage_estimated;
+            if ctx.status == 0 || ctx.status >= 400 {
+                // The client saw an error after the stream started (cut, or it went away):
+                // what was produced is still billed, and the record says why it ended.
+                record.error = ctx.error.as_ref().map(|e| e.message.clone()).or_else(|| e.map(|e| e.to_string()));
+            }
+            if e.is_some() && record.error.is_none() {
+                record.error = e.map(|e| e.etype().as_str().to_string());
+            }
+            let labels = [model.slug.as_str(), provider.name.as_str()];
+            metrics::TOKENS.with_label_values(&[labels[0], labels[1], "input"]).inc_by(usage.prompt_tokens);
+            metrics::TOKENS.with_label_values(&[labels[0], labels[1], "output"]).inc_by(usage.completion_tokens);
+            metrics::COST.with_label_values(&labels).inc_by(cost.max(0) as u64);
+            app.ledger.settle(reservation, cost, record);
+            Settled { usage, cost, billed: true, estimated: ctx.usage_estimated }
+        }
+        (_, _, reservation) => {
+            drop(reservation); // released: nothing is charged
+            if ctx.upstream_start.is_some() {
+                record.error = ctx
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .or_else(|| e.map(|e| e.etype().as_str().to_string()));
+                app.ledger.record_unbilled(record);
+            }
+            Settled::default()
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Pingora's proxy errors, in the contract's terms.
+
+use crate::api::error::ApiError;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// Which contract error a proxy failure is.
+pub fn classify(e: &Error) -> ApiError {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            ApiError::upstream_timeout("the provider did not answer in time")
+        }
+        ConnectTimedout => ApiError::upstream_timeout("the provider did not accept a connection in time"),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => {
+            ApiError::upstream_error(format!("cannot connect to the provider ({})", e.etype().as_str()))
+        }
+        HTTPStatus(code) if (400..500).contains(code) => {
+            ApiError::new(*code, "invalid_request", "the request could not be read")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => ApiError::upstream_error(format!(
+                "the provider failed: {}",
+                e.etype().as_str()
+            )),
+            ErrorSource::Downstream => ApiError::invalid_request("the client request failed"),
+            _ => ApiError::internal("the gateway failed to proxy the request"),
+        },
+    }
+}

@@ -1,0 +1,72 @@
+//! The request header the provider receives.
+//!
+//! The client's credentials must never reach a provider: `Authorization`, `x-api-key` and
+//! any header whose value carries our key prefix are removed before the provider's own key
+//! is injected. Hop-by-hop and framing headers are rebuilt for the rewritten body.
+
+use super::ctx::Inference;
+use crate::config::ProviderKind;
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+/// Headers never forwarded: credentials, hop-by-hop, framing we recompute, and
+/// `accept-encoding` (a compressed body could not be metered).
+const DROPPED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "api-key",
+    "cookie",
+    "proxy-authorization",
+    "accept-encoding",
+    "expect",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "x-platform",
+];
+
+pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Result<()> {
+    for name in DROPPED {
+        req.remove_header(*name);
+    }
+    // Anything else that carries one of our keys (a custom auth header, a forwarded copy).
+    let leaking: Vec<http::HeaderName> = req
+        .headers
+        .iter()
+        .filter(|(_, v)| contains(v.as_bytes(), key_prefix.as_bytes()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in leaking {
+        req.remove_header(&name);
+    }
+
+    let up = &inf.provider.upstream;
+    let path = format!("{}{}", up.path_prefix, inf.endpoint);
+    req.set_uri(path.parse::<http::Uri>().map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e)
+    })?);
+    req.set_method(http::Method::POST);
+    req.insert_header(http::header::HOST, up.authority.as_str())?;
+    req.insert_header(http::header::CONTENT_LENGTH, inf.upstream_body_len.to_string())?;
+    req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    if let Some(key) = inf.provider.api_key.as_deref() {
+        match inf.provider.kind {
+            ProviderKind::OpenAi | ProviderKind::Mock => {
+                req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))?
+            }
+            ProviderKind::Anthropic => req.insert_header("x-api-key", key)?,
+            ProviderKind::Gemini => req.insert_header("x-goog-api-key", key)?,
+        }
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
+}

@@ -1,0 +1,137 @@
+//! Routes answered by the gateway itself.
+
+use crate::common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn models_catalog_is_public_and_filtered_by_platform() {
+    let gw = Gateway::start();
+    for base in ["/v1", "/api/v1"] {
+        let v: Value = client().get(gw.url(&format!("{base}/models"))).send().unwrap().json().unwrap();
+        let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&"mock/echo-1") && ids.contains(&"mock/big"), "{ids:?}");
+        assert!(!ids.contains(&"off/model"), "a disabled provider's models are hidden");
+    }
+    let only = |platform: &str| -> Vec<String> {
+        let v: Value = client().get(gw.url("/v1/models")).header("X-Platform", platform).send().unwrap().json().unwrap();
+        v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(only("intl").contains(&"mock/echo-1".to_string()) && !only("intl").contains(&"mock/big".to_string()));
+    assert!(only("cn").contains(&"mock/big".to_string()) && !only("cn").contains(&"mock/echo-1".to_string()));
+    let r = client().get(gw.url("/v1/models")).header("X-Platform", "mars").send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.json().unwrap()), "invalid_request");
+}
+
+#[test]
+fn one_model_with_pricing_and_context() {
+    let gw = Gateway::start();
+    let v: Value = client().get(gw.url("/v1/models/mock/echo-1")).send().unwrap().json().unwrap();
+    assert_eq!(v["id"], "mock/echo-1");
+    assert_eq!(v["context_length"], 32768);
+    assert_eq!(v["pricing"]["prompt"], "0.000001");
+    assert_eq!(v["pricing"]["completion"], "0.000002");
+    let r = client().get(gw.url("/api/v1/models/nope/x")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.json().unwrap()), "model_not_found");
+}
+
+#[test]
+fn health_and_readiness() {
+    let gw = Gateway::start();
+    assert_eq!(client().get(gw.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(client().get(gw.url("/readyz")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn admin_accounts_credits_and_keys() {
+    let gw = Gateway::start();
+    let r = gw.admin_post("/api/v1/admin/accounts", json!({"email": "ops@example.com", "password": "pw"}));
+    assert_eq!(r.status(), 201);
+    let acct: Value = r.json().unwrap();
+    assert_eq!(acct["email"], "ops@example.com");
+    let id = acct["id"].as_u64().unwrap();
+    let r = gw.admin_post("/v1/admin/accounts", json!({"email": "ops@example.com"}));
+    assert_eq!(r.status(), 409, "duplicate email");
+    let r = gw.admin_post("/v1/admin/accounts", json!({"email": 5}));
+    assert_eq!(r.status(), 400);
+
+    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "12.345678901", "note": "x"}));
+    assert_eq!(r.status(), 400, "more than 9 decimals is not an exact nano amount");
+    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "12.5"}));
+    assert_eq!(r.status(), 200);
+    assert_eq!(usd(&r.json::<Value>().unwrap()["balance"]), 12.5);
+    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "abc"}));
+    assert_eq!(r.status(), 400);
+    let r = gw.admin_post("/v1/admin/accounts/999999/credits", json!({"amount_usd": "1"}));
+    assert_eq!(r.status(), 404);
+
+    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/keys"), json!({"name": "ci", "rate_limit_rpm": 60, "daily_cap_usd": 5}));
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().unwrap();
+    let secret = k["key"].as_str().unwrap();
+    assert!(secret.starts_with("sk-tg-") && secret.len() == "sk-tg-".len() + 43, "{secret}");
+
+    let v: Value = client().get(gw.url(&format!("/v1/admin/accounts/{id}"))).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+    assert_eq!(usd(&v["balance"]), 12.5);
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let shown = keys[0].to_string();
+    assert!(!shown.contains(secret), "keys are redacted");
+    assert!(keys[0]["redacted"].as_str().unwrap().starts_with("sk-tg-"));
+    // The new key works at once.
+    assert_eq!(gw.chat(secret, hello("mock/echo-1")).status(), 200);
+}
+
+#[test]
+fn generation_lookup_is_scoped_to_the_account() {
+    let gw = Gateway::start();
+    let (_, a) = gw.account_with_key("1");
+    let (_, b) = gw.account_with_key("1");
+    let r = gw.chat(&a, hello("mock/echo-1"));
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_string();
+    let g = gw.generation_eventually(&a, &gen_id);
+    for field in ["id", "model", "provider", "tokens_prompt", "tokens_completion", "total_cost", "latency_ms", "status", "created_at"] {
+        assert!(g.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(gw.generation(&b, &gen_id).status(), 404);
+    let r = client().get(gw.url("/v1/generation")).bearer_auth(&a).send().unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client().get(gw.url(&format!("/v1/generation?id={gen_id}"))).send().unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn metrics_are_exported() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("1");
+    assert_eq!(gw.chat(&key, hello("mock/echo-1")).status(), 200);
+    let m = gw.metrics();
+    for series in [
+        "tollgate_requests_total",
+        "tollgate_tokens_total",
+        "tollgate_cost_nano_usd_total",
+        "tollgate_upstream_latency_seconds",
+        "tollgate_time_to_first_token_seconds",
+        "tollgate_active_streams",
+        "tollgate_config_reloads_total",
+    ] {
+        assert!(m.contains(series), "{series} missing from /metrics");
+    }
+    assert!(m.contains(r#"model="mock/echo-1""#));
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request_without_secrets() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("1");
+    assert_eq!(gw.chat(&key, hello("mock/echo-1")).status(), 200);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = gw.stdout();
+    let lines: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let chat = lines.iter().find(|l| l["path"] == "/v1/chat/completions").expect("a chat line");
+    for field in ["method", "status", "model", "provider", "key_id", "latency_ms", "tokens_prompt", "tokens_completion", "cost_usd"] {
+        assert!(chat.get(field).is_some(), "missing {field}: {chat}");
+    }
+    assert!(!out.contains(&key) && !out.contains("Hello there") && !out.contains(PROVIDER_KEY));
+}
