@@ -16,7 +16,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
-use tollgate::providers::openai::{parse_chat_request, rewrite_chat_request, rewrite_chat_response};
+use tollgate::providers::openai::{
+    parse_chat_request, rewrite_chat_request, rewrite_chat_response,
+};
 
 fn chat_body() -> Vec<u8> {
     let body = json!({

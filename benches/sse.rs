@@ -24,7 +24,18 @@ const TEXT_CHUNKS: usize = 256;
 /// (some with escapes and non-ASCII), finish chunk, usage-only chunk, `[DONE]`.
 fn openai_stream() -> (Vec<u8>, usize) {
     let head = r#"{"id":"chatcmpl-BxQ1vZ9kTq3YhR8uWm2LcN5pA7","object":"chat.completion.chunk","created":1753180000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_34a54ae93c","choices":"#;
-    let words = ["Hello", " world", ",", " the", " caf\u{e9}", " \\\"quoted\\\"", "\\n\\n", " r\u{e9}sum\u{e9}", " of", " tokens"];
+    let words = [
+        "Hello",
+        " world",
+        ",",
+        " the",
+        " caf\u{e9}",
+        " \\\"quoted\\\"",
+        "\\n\\n",
+        " r\u{e9}sum\u{e9}",
+        " of",
+        " tokens",
+    ];
     let mut out = String::new();
     let mut event = |choices: &str, tail: &str| {
         out.push_str("data: ");

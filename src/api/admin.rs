@@ -65,8 +65,10 @@ pub async fn create_account(app: &App, body: &[u8]) -> Result<Reply, ApiError> {
         // password is not stored until then.
         password_hash: None,
     };
-    app.writer.submit_durable(WriteOp::InsertAccount(record.clone())).await.map_err(store_failed)?;
+    // In memory first: if this request is cancelled after the commit, the account is still
+    // known (a zero balance for an id that never committed is harmless).
     app.ledger.add_account(record.id);
+    app.writer.submit_durable(WriteOp::InsertAccount(record.clone())).await.map_err(store_failed)?;
     app.put_account(record.clone());
     Ok(Reply::json(201, &json!({"id": record.id, "email": record.email})))
 }

@@ -45,15 +45,8 @@ mod tests {
 
     #[test]
     fn chars_round_up() {
-        let cases = [
-            (0, 0),
-            (1, 1),
-            (3, 1),
-            (4, 1),
-            (5, 2),
-            (400, 100),
-            (u64::MAX, u64::MAX / 4 + 1),
-        ];
+        let cases =
+            [(0, 0), (1, 1), (3, 1), (4, 1), (5, 2), (400, 100), (u64::MAX, u64::MAX / 4 + 1)];
         for (chars, tokens) in cases {
             assert_eq!(tokens_from_chars(chars), tokens, "{chars}");
         }

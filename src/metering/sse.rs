@@ -260,11 +260,7 @@ pub(crate) mod tests {
     }
 
     fn ev(data: &str) -> SseEvent {
-        SseEvent {
-            event: None,
-            id: None,
-            data: data.as_bytes().to_vec(),
-        }
+        SseEvent { event: None, id: None, data: data.as_bytes().to_vec() }
     }
 
     /// Whole, split at every position, and byte by byte must all decode alike.

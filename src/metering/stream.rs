@@ -12,7 +12,7 @@ use memchr::memchr;
 use super::estimate;
 use super::sse::{SseDecoder, SseError, SseEvent};
 use super::usage::Usage;
-use crate::providers::json_scan::{self, ObjectScanner};
+use crate::providers::json_scan;
 use crate::providers::openai;
 
 pub struct OpenAiStreamMeter {
@@ -127,58 +127,28 @@ impl OpenAiStreamMeter {
             self.saw_done = true;
             return write_sse(out, event, data);
         }
-        if let Some(info) = openai::inspect_stream_chunk(data) {
-            if info.is_error {
-                self.saw_error = true;
-                return write_sse(out, event, data);
-            }
-            if info.usage.is_some() {
-                self.usage = info.usage;
-            }
-            if self.response_id.is_none() {
-                // Only until found: in practice the first chunk, so one extra scan per stream.
-                self.response_id = openai::response_id(data);
-            }
-            self.generated_chars = self.generated_chars.saturating_add(info.generated_chars);
-            if self.strip_usage_chunk && info.usage.is_some() && info.choices == Some(0) {
-                return;
-            }
+        let Some(info) = openai::rewrite_stream_chunk(data, &self.slug_json, &mut self.scratch)
+        else {
+            // Not a JSON object: not ours to interpret.
+            return write_sse(out, event, data);
+        };
+        if info.is_error {
+            self.saw_error = true;
+            return write_sse(out, event, data);
         }
-        // Rewritten even when inspection failed (an unexpected chunk shape): the upstream model
-        // name should not leak. Data that is not a JSON object is forwarded unchanged.
-        if rewrite_model(data, &self.slug_json, &mut self.scratch) {
-            write_sse(out, event, &self.scratch);
-        } else {
-            write_sse(out, event, data);
+        if info.usage.is_some() {
+            self.usage = info.usage;
         }
-    }
-}
-
-/// Writes `data` with its top-level `model` values replaced into `scratch`; false if `data` is
-/// not a JSON object or has no `model`.
-fn rewrite_model(data: &[u8], model: &[u8], scratch: &mut Vec<u8>) -> bool {
-    scratch.clear();
-    let Ok(mut scanner) = ObjectScanner::new(data) else {
-        return false;
-    };
-    let mut copied = 0;
-    loop {
-        match scanner.next_member() {
-            Ok(Some(member)) if member.key_is(data, "model") => {
-                scratch.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
-                scratch.extend_from_slice(model);
-                copied = member.value.end;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(_) => return false,
+        if self.response_id.is_none() {
+            // Only until found: in practice the first chunk, so one extra scan per stream.
+            self.response_id = openai::response_id(data);
         }
+        self.generated_chars = self.generated_chars.saturating_add(info.generated_chars);
+        if self.strip_usage_chunk && info.usage.is_some() && info.choices == Some(0) {
+            return;
+        }
+        write_sse(out, event, &self.scratch);
     }
-    if copied == 0 {
-        return false;
-    }
-    scratch.extend_from_slice(data.get(copied..).unwrap_or_default());
-    true
 }
 
 /// Frames one event: `event:`/`id:` lines if it had them, then one `data:` line per line of
@@ -236,19 +206,18 @@ mod tests {
             if strip && block.contains(r#""choices":[]"#) {
                 continue;
             }
-            want.push_str(&block.replace(
-                r#""model":"gpt-4o-mini-2024-07-18""#,
-                r#""model":"openai/gpt-4o-mini""#,
-            ));
+            want.push_str(
+                &block.replace(
+                    r#""model":"gpt-4o-mini-2024-07-18""#,
+                    r#""model":"openai/gpt-4o-mini""#,
+                ),
+            );
         }
         want.into_bytes()
     }
 
-    const USAGE: Usage = Usage {
-        prompt_tokens: 1205,
-        completion_tokens: 9,
-        cached_prompt_tokens: 1024,
-    };
+    const USAGE: Usage =
+        Usage { prompt_tokens: 1205, completion_tokens: 9, cached_prompt_tokens: 1024 };
 
     #[test]
     fn recorded_stream_any_split() {
@@ -285,15 +254,9 @@ mod tests {
         let mut meter = OpenAiStreamMeter::new(SLUG, true);
         let mut out = BytesMut::new();
         meter.on_bytes(b"data: {\"model\":\"up\",\"choices\":[]}\n", &mut out);
-        assert!(
-            out.is_empty(),
-            "the event is not complete before its blank line"
-        );
+        assert!(out.is_empty(), "the event is not complete before its blank line");
         meter.on_bytes(b"\n", &mut out);
-        assert_eq!(
-            &out[..],
-            b"data: {\"model\":\"openai/gpt-4o-mini\",\"choices\":[]}\n\n"
-        );
+        assert_eq!(&out[..], b"data: {\"model\":\"openai/gpt-4o-mini\",\"choices\":[]}\n\n");
     }
 
     #[test]
@@ -330,11 +293,7 @@ mod tests {
         assert_eq!(meter.generated_chars(), 5 + 3 + 7 + 2 + 3);
         assert_eq!(
             meter.usage(),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4,
-                cached_prompt_tokens: 0
-            })
+            Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_prompt_tokens: 0 })
         );
     }
 
@@ -348,9 +307,6 @@ mod tests {
         meter.on_bytes(b"\n\ndata: [DONE]\n\n", &mut out);
         meter.on_end(&mut out);
         assert!(meter.decode_error().is_some());
-        assert_eq!(
-            &out[..],
-            b"data: {\"model\":\"openai/gpt-4o-mini\"}\n\n\n\ndata: [DONE]\n\n"
-        );
+        assert_eq!(&out[..], b"data: {\"model\":\"openai/gpt-4o-mini\"}\n\n\n\ndata: [DONE]\n\n");
     }
 }

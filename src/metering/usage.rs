@@ -28,20 +28,9 @@ mod tests {
 
     #[test]
     fn totals_saturate() {
-        let u = Usage {
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            cached_prompt_tokens: 4,
-        };
+        let u = Usage { prompt_tokens: 10, completion_tokens: 5, cached_prompt_tokens: 4 };
         assert_eq!((u.total_tokens(), u.uncached_prompt_tokens()), (15, 6));
-        let odd = Usage {
-            prompt_tokens: 1,
-            completion_tokens: u64::MAX,
-            cached_prompt_tokens: 9,
-        };
-        assert_eq!(
-            (odd.total_tokens(), odd.uncached_prompt_tokens()),
-            (u64::MAX, 0)
-        );
+        let odd = Usage { prompt_tokens: 1, completion_tokens: u64::MAX, cached_prompt_tokens: 9 };
+        assert_eq!((odd.total_tokens(), odd.uncached_prompt_tokens()), (u64::MAX, 0));
     }
 }

@@ -127,7 +127,9 @@ impl FaultConfig {
     /// under `fail_every` / `fail_rate`. `roll` is a uniform sample in 0..1, passed in so this
     /// stays pure and testable.
     pub fn rolls_failure(&self, nth: u64, roll: f64) -> bool {
-        let every = self.fail_every.is_some_and(|n| n > 0 && nth.is_multiple_of(n));
+        let every = self
+            .fail_every
+            .is_some_and(|n| n > 0 && nth.is_multiple_of(n));
         every || roll < self.fail_rate
     }
 }

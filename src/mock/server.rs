@@ -585,7 +585,12 @@ async fn stream(session: &mut ServerSession, events: Vec<Event>, faults: &Faults
             })
         };
         if due(faults.cut_after) {
-            // Abrupt: no terminating chunk, the connection just goes away.
+            // Abrupt: no terminating chunk (h1) / RST_STREAM (h2), no usage, no [DONE].
+            if session.is_http2() {
+                // The reset discards DATA frames h2 has queued but not sent yet; give the
+                // connection task a moment so the client gets the chunks before the cut.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             return Next::Close;
         }
         if due(faults.stream_error_after) {

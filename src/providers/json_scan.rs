@@ -51,10 +51,7 @@ impl Member {
         let Some(quoted) = src.get(self.key.clone()) else {
             return false;
         };
-        let Some(raw) = quoted
-            .strip_prefix(b"\"")
-            .and_then(|q| q.strip_suffix(b"\""))
-        else {
+        let Some(raw) = quoted.strip_prefix(b"\"").and_then(|q| q.strip_suffix(b"\"")) else {
             return false;
         };
         if memchr(b'\\', raw).is_none() {
@@ -111,18 +108,9 @@ impl<'a> ObjectScanner<'a> {
     /// Scans the object whose `{` is at `open`, e.g. a member's value span start.
     pub fn at(src: &'a [u8], open: usize) -> Result<Self, ScanError> {
         if src.get(open) != Some(&b'{') {
-            return Err(ScanError {
-                offset: open,
-                expected: "'{'",
-            });
+            return Err(ScanError { offset: open, expected: "'{'" });
         }
-        Ok(ObjectScanner {
-            src,
-            pos: open + 1,
-            state: State::First,
-            top_level: false,
-            members: 0,
-        })
+        Ok(ObjectScanner { src, pos: open + 1, state: State::First, top_level: false, members: 0 })
     }
 
     /// The next member, `Ok(None)` after the closing brace.
@@ -139,37 +127,23 @@ impl<'a> ObjectScanner<'a> {
             State::Rest => match src.get(p) {
                 Some(b',') => p = skip_ws(src, p + 1),
                 Some(b'}') => return self.close(p),
-                _ => {
-                    return Err(ScanError {
-                        offset: p,
-                        expected: "',' or '}'",
-                    })
-                }
+                _ => return Err(ScanError { offset: p, expected: "',' or '}'" }),
             },
         }
         if src.get(p) != Some(&b'"') {
-            return Err(ScanError {
-                offset: p,
-                expected: "a string key",
-            });
+            return Err(ScanError { offset: p, expected: "a string key" });
         }
         let key_end = skip_string(src, p)?;
         let colon = skip_ws(src, key_end);
         if src.get(colon) != Some(&b':') {
-            return Err(ScanError {
-                offset: colon,
-                expected: "':'",
-            });
+            return Err(ScanError { offset: colon, expected: "':'" });
         }
         let value_start = skip_ws(src, colon + 1);
         let value_end = skip_value(src, value_start)?;
         self.pos = value_end;
         self.state = State::Rest;
         self.members += 1;
-        Ok(Some(Member {
-            key: p..key_end,
-            value: value_start..value_end,
-        }))
+        Ok(Some(Member { key: p..key_end, value: value_start..value_end }))
     }
 
     /// Index of the closing `}`, once `next_member` has returned `Ok(None)`. Members are
@@ -190,10 +164,7 @@ impl<'a> ObjectScanner<'a> {
         if self.top_level {
             let end = skip_ws(self.src, brace + 1);
             if end != self.src.len() {
-                return Err(ScanError {
-                    offset: end,
-                    expected: "end of input",
-                });
+                return Err(ScanError { offset: end, expected: "end of input" });
             }
         }
         self.state = State::Done(brace);
@@ -265,10 +236,7 @@ fn skip_string(src: &[u8], start: usize) -> Result<usize, ScanError> {
             None => break,
         }
     }
-    Err(ScanError {
-        offset: src.len(),
-        expected: "closing '\"'",
-    })
+    Err(ScanError { offset: src.len(), expected: "closing '\"'" })
 }
 
 /// Returns the index just past the value starting at `start`.
@@ -283,17 +251,11 @@ fn skip_value(src: &[u8], start: usize) -> Result<usize, ScanError> {
                 .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
                 .count();
             if len == 0 {
-                return Err(ScanError {
-                    offset: start,
-                    expected: "a value",
-                });
+                return Err(ScanError { offset: start, expected: "a value" });
             }
             Ok(start + len)
         }
-        None => Err(ScanError {
-            offset: start,
-            expected: "a value",
-        }),
+        None => Err(ScanError { offset: start, expected: "a value" }),
     }
 }
 
@@ -318,10 +280,7 @@ fn skip_nested(src: &[u8], start: usize) -> Result<usize, ScanError> {
         }
         i += 1;
     }
-    Err(ScanError {
-        offset: src.len(),
-        expected: "closing bracket",
-    })
+    Err(ScanError { offset: src.len(), expected: "closing bracket" })
 }
 
 #[cfg(test)]

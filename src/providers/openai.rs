@@ -40,10 +40,7 @@ pub struct RequestError {
 
 impl RequestError {
     fn new(message: impl Into<String>, param: Option<&str>) -> Self {
-        RequestError {
-            message: message.into(),
-            param: param.map(str::to_owned),
-        }
+        RequestError { message: message.into(), param: param.map(str::to_owned) }
     }
 
     fn field(param: &str, message: impl Into<String>) -> Self {
@@ -109,24 +106,8 @@ pub fn rewrite_chat_request(body: &[u8], upstream_model: &str, add_include_usage
 pub fn rewrite_chat_response(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>) {
     let mut model = Vec::with_capacity(slug.len() + 2);
     json_scan::write_json_string(&mut model, slug);
-    let mut edits = Vec::new();
-    let mut usage = None;
-    let scanned = (|| -> Result<(), ScanError> {
-        let mut scanner = ObjectScanner::new(body)?;
-        while let Some(member) = scanner.next_member()? {
-            if member.key_is(body, "model") {
-                edits.push(Edit {
-                    at: member.value,
-                    with: Insert::Model,
-                });
-            } else if member.key_is(body, "usage") {
-                usage = parse_usage(member.value(body));
-            }
-        }
-        Ok(())
-    })();
-    match scanned {
-        Ok(()) => (apply_edits(body, &edits, &model), usage),
+    match plan_response_edits(body) {
+        Ok((edits, usage)) => (apply_edits(body, &edits, &model), usage),
         Err(_) => (body.to_vec(), None),
     }
 }
@@ -139,10 +120,7 @@ pub fn response_id(body: &[u8]) -> Option<String> {
 
 /// Reads an OpenAI `usage` object. `None` for `null` or anything malformed.
 pub fn parse_usage(json: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<Option<UsageWire>>(json)
-        .ok()
-        .flatten()
-        .map(UsageWire::into_usage)
+    serde_json::from_slice::<Option<UsageWire>>(json).ok().flatten().map(UsageWire::into_usage)
 }
 
 /// What metering needs from one streamed `chat.completion.chunk`.
@@ -159,17 +137,50 @@ pub struct ChunkInfo {
     pub is_error: bool,
 }
 
-/// Reads a chunk's metering fields; `None` if `data` is not a JSON object of the expected
-/// shape. Nothing is allocated: text is counted where serde hands it over.
-pub fn inspect_stream_chunk(data: &[u8]) -> Option<ChunkInfo> {
-    let chunk: ChunkWire = serde_json::from_slice(data).ok()?;
-    let choices = chunk.choices.as_ref();
-    Some(ChunkInfo {
-        usage: chunk.usage.map(UsageWire::into_usage),
-        choices: choices.map(|c| c.len),
-        generated_chars: choices.map_or(0, |c| c.chars),
-        is_error: chunk.error.is_some(),
-    })
+/// Reads a streamed chunk's metering fields and writes the chunk to `out` (cleared first) with
+/// its top-level `model` replaced by `model_json` (a JSON string literal). `None`, with `out`
+/// empty, if `data` is not a JSON object: the caller forwards such data unchanged.
+///
+/// One scan of the chunk finds every member; serde then parses only `choices` and `usage`
+/// (the ids, fingerprints and timestamps around them are never decoded). Text is counted where
+/// serde hands it over, without copying it.
+pub fn rewrite_stream_chunk(
+    data: &[u8],
+    model_json: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<ChunkInfo> {
+    out.clear();
+    let mut info = ChunkInfo::default();
+    let mut scanner = ObjectScanner::new(data).ok()?;
+    let mut copied = 0;
+    loop {
+        let member = match scanner.next_member() {
+            Ok(Some(member)) => member,
+            Ok(None) => break,
+            Err(_) => {
+                out.clear();
+                return None;
+            }
+        };
+        let value = member.value(data);
+        if member.key_is(data, "model") {
+            out.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
+            out.extend_from_slice(model_json);
+            copied = member.value.end;
+        } else if member.key_is(data, "choices") {
+            // An unexpected shape leaves the chunk uncounted rather than unforwarded.
+            if let Ok(Some(choices)) = serde_json::from_slice::<Option<ChoicesWire>>(value) {
+                info.choices = Some(choices.len);
+                info.generated_chars = choices.chars;
+            }
+        } else if member.key_is(data, "usage") {
+            info.usage = parse_usage(value);
+        } else if member.key_is(data, "error") {
+            info.is_error = value != b"null";
+        }
+    }
+    out.extend_from_slice(data.get(copied..).unwrap_or_default());
+    Some(info)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,11 +233,7 @@ impl<'de> Visitor<'de> for ShallowVisitor {
     }
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
         // serde_json only calls this for negative integers.
-        Ok(if v >= 0 {
-            Shallow::UInt(v.unsigned_abs())
-        } else {
-            Shallow::Int
-        })
+        Ok(if v >= 0 { Shallow::UInt(v.unsigned_abs()) } else { Shallow::Int })
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
         Ok(Shallow::Float)
@@ -246,7 +253,7 @@ impl<'de> Visitor<'de> for ShallowVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut include_usage = IncludeUsage::Absent;
-        while let Some(key) = map.next_key::<Key<IncludeUsageKey>>()? {
+        while let Some(key) = map.next_key::<IsIncludeUsage>()? {
             if key.0 {
                 include_usage = match map.next_value::<Shallow>()? {
                     Shallow::Null => IncludeUsage::Null,
@@ -261,32 +268,23 @@ impl<'de> Visitor<'de> for ShallowVisitor {
     }
 }
 
-/// A map key compared against one name without allocating (escaped keys arrive decoded in a
-/// scratch buffer through `visit_str`).
-struct Key<N>(bool, std::marker::PhantomData<N>);
+/// Whether a map key is `include_usage`, decided without allocating (an escaped key arrives
+/// decoded in serde's scratch buffer through `visit_str`).
+struct IsIncludeUsage(bool);
 
-trait KeyName {
-    const NAME: &'static str;
-}
-
-struct IncludeUsageKey;
-impl KeyName for IncludeUsageKey {
-    const NAME: &'static str = "include_usage";
-}
-
-impl<'de, N: KeyName> Deserialize<'de> for Key<N> {
+impl<'de> Deserialize<'de> for IsIncludeUsage {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<N>(std::marker::PhantomData<N>);
-        impl<N: KeyName> Visitor<'_> for V<N> {
-            type Value = Key<N>;
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IsIncludeUsage;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a key")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(v == N::NAME, std::marker::PhantomData))
+            fn visit_str<E>(self, v: &str) -> Result<IsIncludeUsage, E> {
+                Ok(IsIncludeUsage(v == "include_usage"))
             }
         }
-        d.deserialize_identifier(V(std::marker::PhantomData))
+        d.deserialize_identifier(V)
     }
 }
 
@@ -341,10 +339,7 @@ impl<'de> Deserialize<'de> for Field {
                 f.write_str("a field name")
             }
             fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-                Ok(Field::KNOWN
-                    .into_iter()
-                    .find(|f| f.name() == v)
-                    .unwrap_or(Field::Other))
+                Ok(Field::KNOWN.into_iter().find(|f| f.name() == v).unwrap_or(Field::Other))
             }
         }
         d.deserialize_identifier(V)
@@ -391,46 +386,23 @@ impl<'a> Fields<'a> {
     fn validate(mut self) -> Result<ChatRequestInfo, RequestError> {
         if let Some(field) = self.duplicate {
             let name = field.name();
-            return Err(RequestError::field(
-                name,
-                format!("duplicate field '{name}'"),
-            ));
+            return invalid(name, format!("duplicate field '{name}'"));
         }
         let model = match self.take(Field::Model) {
-            None => {
-                return Err(RequestError::field(
-                    "model",
-                    "missing required field 'model'",
-                ))
-            }
+            None => return invalid("model", "missing required field 'model'"),
             Some(Shallow::Str(s)) if !s.is_empty() => s.into_owned(),
-            Some(Shallow::Str(_)) => {
-                return Err(RequestError::field(
-                    "model",
-                    "'model' must be a non-empty string",
-                ))
-            }
-            Some(_) => return Err(RequestError::field("model", "'model' must be a string")),
+            Some(Shallow::Str(_)) => return invalid("model", "'model' must be a non-empty string"),
+            Some(_) => return invalid("model", "'model' must be a string"),
         };
         let message_count = match self.take(Field::Messages) {
-            None => {
-                return Err(RequestError::field(
-                    "messages",
-                    "missing required field 'messages'",
-                ))
-            }
+            None => return invalid("messages", "missing required field 'messages'"),
             Some(Shallow::Array(len)) if len > 0 => len,
-            Some(_) => {
-                return Err(RequestError::field(
-                    "messages",
-                    "'messages' must be a non-empty array",
-                ))
-            }
+            Some(_) => return invalid("messages", "'messages' must be a non-empty array"),
         };
         let stream = match self.take(Field::Stream) {
             None | Some(Shallow::Null) => false,
             Some(Shallow::Bool(b)) => b,
-            Some(_) => return Err(RequestError::field("stream", "'stream' must be a boolean")),
+            Some(_) => return invalid("stream", "'stream' must be a boolean"),
         };
         let include_usage = match self.take(Field::StreamOptions) {
             None | Some(Shallow::Null) => false,
@@ -438,25 +410,16 @@ impl<'a> Fields<'a> {
             Some(Shallow::Object(IncludeUsage::Bool(b))) => b,
             Some(Shallow::Object(IncludeUsage::Invalid)) => {
                 let param = "stream_options.include_usage";
-                return Err(RequestError::field(
-                    param,
-                    format!("'{param}' must be a boolean"),
-                ));
+                return invalid(param, format!("'{param}' must be a boolean"));
             }
-            Some(_) => {
-                let param = "stream_options";
-                return Err(RequestError::field(
-                    param,
-                    "'stream_options' must be an object",
-                ));
-            }
+            Some(_) => return invalid("stream_options", "'stream_options' must be an object"),
         };
         let max_tokens = self.count(Field::MaxTokens)?;
         let max_completion_tokens = self.count(Field::MaxCompletionTokens)?;
         let n = match self.take(Field::N) {
             None | Some(Shallow::Null) => 1,
             Some(Shallow::UInt(n)) if n > 0 => n,
-            Some(_) => return Err(RequestError::field("n", "'n' must be a positive integer")),
+            Some(_) => return invalid("n", "'n' must be a positive integer"),
         };
         Ok(ChatRequestInfo {
             model,
@@ -475,13 +438,14 @@ impl<'a> Fields<'a> {
             Some(Shallow::UInt(n)) => Ok(Some(n)),
             Some(_) => {
                 let name = field.name();
-                Err(RequestError::field(
-                    name,
-                    format!("'{name}' must be a non-negative integer"),
-                ))
+                invalid(name, format!("'{name}' must be a non-negative integer"))
             }
         }
     }
+}
+
+fn invalid<T>(param: &str, message: impl Into<String>) -> Result<T, RequestError> {
+    Err(RequestError::field(param, message))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,18 +481,14 @@ fn plan_request_edits(body: &[u8], add_include_usage: bool) -> Result<Vec<Edit>,
     let mut has_stream_options = false;
     while let Some(member) = scanner.next_member()? {
         if member.key_is(body, "model") {
-            edits.push(Edit {
-                at: member.value,
-                with: Insert::Model,
-            });
+            edits.push(Edit { at: member.value, with: Insert::Model });
         } else if add_include_usage && member.key_is(body, "stream_options") {
             has_stream_options = true;
             match member.value(body).first() {
                 Some(b'{') => plan_include_usage(body, member.value.start, &mut edits)?,
-                Some(b'n') => edits.push(Edit {
-                    at: member.value,
-                    with: Insert::StreamOptionsObject,
-                }),
+                Some(b'n') => {
+                    edits.push(Edit { at: member.value, with: Insert::StreamOptionsObject })
+                }
                 // Any other type was rejected by validation; leave it for the provider to refuse.
                 _ => {}
             }
@@ -537,10 +497,7 @@ fn plan_request_edits(body: &[u8], add_include_usage: bool) -> Result<Vec<Edit>,
     if add_include_usage && !has_stream_options {
         let close = scanner.close_brace().unwrap_or(body.len());
         let comma = scanner.member_count() > 0;
-        edits.push(Edit {
-            at: close..close,
-            with: Insert::StreamOptionsMember { comma },
-        });
+        edits.push(Edit { at: close..close, with: Insert::StreamOptionsMember { comma } });
     }
     Ok(edits)
 }
@@ -552,21 +509,29 @@ fn plan_include_usage(body: &[u8], open: usize, edits: &mut Vec<Edit>) -> Result
     while let Some(member) = scanner.next_member()? {
         if member.key_is(body, "include_usage") {
             found = true;
-            edits.push(Edit {
-                at: member.value,
-                with: Insert::True,
-            });
+            edits.push(Edit { at: member.value, with: Insert::True });
         }
     }
     if !found {
         let close = scanner.close_brace().unwrap_or(open);
         let comma = scanner.member_count() > 0;
-        edits.push(Edit {
-            at: close..close,
-            with: Insert::IncludeUsageMember { comma },
-        });
+        edits.push(Edit { at: close..close, with: Insert::IncludeUsageMember { comma } });
     }
     Ok(())
+}
+
+fn plan_response_edits(body: &[u8]) -> Result<(Vec<Edit>, Option<Usage>), ScanError> {
+    let mut edits = Vec::new();
+    let mut usage = None;
+    let mut scanner = ObjectScanner::new(body)?;
+    while let Some(member) = scanner.next_member()? {
+        if member.key_is(body, "model") {
+            edits.push(Edit { at: member.value, with: Insert::Model });
+        } else if member.key_is(body, "usage") {
+            usage = parse_usage(member.value(body));
+        }
+    }
+    Ok((edits, usage))
 }
 
 fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8]) -> Vec<u8> {
@@ -625,13 +590,6 @@ impl UsageWire {
                 .unwrap_or(0),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ChunkWire {
-    choices: Option<ChoicesWire>,
-    usage: Option<UsageWire>,
-    error: Option<IgnoredAny>,
 }
 
 /// The `choices` array reduced to its length and generated characters, without a `Vec`.
@@ -779,10 +737,7 @@ mod tests {
         let info = parse(body).unwrap();
         assert_eq!(info.model, "fast\nA");
         assert!(info.stream && info.include_usage);
-        assert_eq!(
-            (info.max_tokens, info.message_count, info.n),
-            (Some(200), 2, 2)
-        );
+        assert_eq!((info.max_tokens, info.message_count, info.n), (Some(200), 2, 2));
     }
 
     #[test]
@@ -801,31 +756,11 @@ mod tests {
     fn field_errors_name_the_field() {
         let p = |s: &str| Some(s.to_owned());
         let cases = [
-            (
-                r#"{"messages":[{}]}"#,
-                "missing required field 'model'",
-                p("model"),
-            ),
-            (
-                r#"{"model":null,"messages":[{}]}"#,
-                "'model' must be a string",
-                p("model"),
-            ),
-            (
-                r#"{"model":7,"messages":[{}]}"#,
-                "'model' must be a string",
-                p("model"),
-            ),
-            (
-                r#"{"model":"","messages":[{}]}"#,
-                "'model' must be a non-empty string",
-                p("model"),
-            ),
-            (
-                r#"{"model":"m"}"#,
-                "missing required field 'messages'",
-                p("messages"),
-            ),
+            (r#"{"messages":[{}]}"#, "missing required field 'model'", p("model")),
+            (r#"{"model":null,"messages":[{}]}"#, "'model' must be a string", p("model")),
+            (r#"{"model":7,"messages":[{}]}"#, "'model' must be a string", p("model")),
+            (r#"{"model":"","messages":[{}]}"#, "'model' must be a non-empty string", p("model")),
+            (r#"{"model":"m"}"#, "missing required field 'messages'", p("messages")),
             (
                 r#"{"model":"m","messages":[]}"#,
                 "'messages' must be a non-empty array",
@@ -866,16 +801,8 @@ mod tests {
                 "'max_completion_tokens' must be a non-negative integer",
                 p("max_completion_tokens"),
             ),
-            (
-                r#"{"model":"m","messages":[1],"n":0}"#,
-                "'n' must be a positive integer",
-                p("n"),
-            ),
-            (
-                r#"{"model":"a","messages":[1],"model":"b"}"#,
-                "duplicate field 'model'",
-                p("model"),
-            ),
+            (r#"{"model":"m","messages":[1],"n":0}"#, "'n' must be a positive integer", p("n")),
+            (r#"{"model":"a","messages":[1],"model":"b"}"#, "duplicate field 'model'", p("model")),
             (
                 r#"{"model":"a","messages":[1],"stre\u0061m":true,"stream":false}"#,
                 "duplicate field 'stream'",
@@ -906,18 +833,12 @@ mod tests {
             "nul",
         ] {
             let (message, param) = err(body);
-            assert!(
-                message.starts_with("request body is not valid JSON: "),
-                "{body}: {message}"
-            );
+            assert!(message.starts_with("request body is not valid JSON: "), "{body}: {message}");
             assert_eq!(param, None);
         }
         // Every truncation of a valid body is an error, not a panic and not a success.
         for cut in 0..BASIC.len() {
-            assert!(
-                parse_chat_request(&BASIC.as_bytes()[..cut]).is_err(),
-                "cut {cut}"
-            );
+            assert!(parse_chat_request(&BASIC.as_bytes()[..cut]).is_err(), "cut {cut}");
         }
         assert!(parse_chat_request(b"{\"model\":\"\xFF\",\"messages\":[1]}").is_err());
         let deep = format!(
@@ -1011,10 +932,7 @@ mod tests {
         assert_eq!(value(&out), want);
         // Not a JSON object: returned unchanged rather than mangled.
         assert_eq!(rewrite_chat_request(b"[1]", "z", true), b"[1]");
-        assert_eq!(
-            rewrite_chat_request(b"{\"model\":", "z", true),
-            b"{\"model\":"
-        );
+        assert_eq!(rewrite_chat_request(b"{\"model\":", "z", true), b"{\"model\":");
     }
 
     #[test]
@@ -1023,35 +941,19 @@ mod tests {
         let (out, usage) = rewrite_chat_response(body.as_bytes(), "openai/gpt-4o");
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            body.replace(
-                r#""model":"gpt-4o-2024-08-06""#,
-                r#""model":"openai/gpt-4o""#
-            )
+            body.replace(r#""model":"gpt-4o-2024-08-06""#, r#""model":"openai/gpt-4o""#)
         );
         assert_eq!(
             usage,
-            Some(Usage {
-                prompt_tokens: 19,
-                completion_tokens: 10,
-                cached_prompt_tokens: 3
-            })
+            Some(Usage { prompt_tokens: 19, completion_tokens: 10, cached_prompt_tokens: 3 })
         );
 
         let (out, usage) = rewrite_chat_response(br#"{"model":"m","usage":null}"#, "s");
-        assert_eq!(
-            (out.as_slice(), usage),
-            (&br#"{"model":"s","usage":null}"#[..], None)
-        );
+        assert_eq!((out.as_slice(), usage), (&br#"{"model":"s","usage":null}"#[..], None));
         let (out, usage) =
             rewrite_chat_response(br#"{"model":"m","usage":{"prompt_tokens":2}}"#, "s");
         assert_eq!(out, br#"{"model":"s","usage":{"prompt_tokens":2}}"#);
-        assert_eq!(
-            usage,
-            Some(Usage {
-                prompt_tokens: 2,
-                ..Usage::default()
-            })
-        );
+        assert_eq!(usage, Some(Usage { prompt_tokens: 2, ..Usage::default() }));
         for raw in [
             &b"<html>bad gateway</html>"[..],
             b"",
@@ -1073,35 +975,84 @@ mod tests {
         assert_eq!(response_id(b"not json"), None);
     }
 
+    fn inspect(data: &[u8]) -> Option<ChunkInfo> {
+        rewrite_stream_chunk(data, br#""s""#, &mut Vec::new())
+    }
+
     #[test]
-    fn inspects_stream_chunks() {
-        let chunk = br#"{"model":"m","choices":[{"delta":{"content":"h\u00e9\n"}},{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{}"}},{"function":{"arguments":null}}]}}],"usage":null}"#;
-        let info = inspect_stream_chunk(chunk).unwrap();
-        assert_eq!(
-            info,
-            ChunkInfo {
-                usage: None,
-                choices: Some(2),
-                generated_chars: 3 + 1 + 2,
-                is_error: false
-            }
-        );
-        let info = inspect_stream_chunk(
-            br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
-        )
-        .unwrap();
+    fn stream_chunks_are_inspected_and_rewritten() {
+        let chunk = br#"{"id":"c","model":"m","choices":[{"delta":{"content":"h\u00e9\n"}},{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{}"}},{"function":{"arguments":null}}]}}],"usage":null,"x":{"model":1}}"#;
+        let mut out = Vec::new();
+        let info = rewrite_stream_chunk(chunk, br#""slug""#, &mut out).unwrap();
+        let want = ChunkInfo {
+            usage: None,
+            choices: Some(2),
+            generated_chars: 3 + 1 + 2,
+            is_error: false,
+        };
+        assert_eq!(info, want);
+        let rewritten =
+            String::from_utf8_lossy(chunk).replace(r#""model":"m""#, r#""model":"slug""#);
+        assert_eq!(String::from_utf8(out).unwrap(), rewritten);
+
+        let info = inspect(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#)
+            .unwrap();
         assert_eq!(info.choices, Some(0));
         assert_eq!(info.usage.map(|u| u.total_tokens()), Some(3));
-        assert!(
-            inspect_stream_chunk(br#"{"error":{"message":"boom"}}"#)
-                .unwrap()
-                .is_error
-        );
-        assert!(!inspect_stream_chunk(br#"{"error":null}"#).unwrap().is_error);
-        assert_eq!(inspect_stream_chunk(b"[DONE]"), None);
-        assert_eq!(
-            inspect_stream_chunk(br#"{"choices":[{"delta":{"content":5}}]}"#),
-            None
-        );
+        assert!(inspect(br#"{"error":{"message":"boom"}}"#).unwrap().is_error);
+        assert!(!inspect(br#"{"error":null,"choices":null}"#).unwrap().is_error);
+        // Odd shapes are forwarded (Some) but not counted.
+        let odd = inspect(br#"{"choices":[{"delta":{"content":5}}],"usage":"n/a"}"#).unwrap();
+        assert_eq!(odd, ChunkInfo::default());
+        let mut out = b"stale".to_vec();
+        assert_eq!(rewrite_stream_chunk(b"[DONE]", b"\"s\"", &mut out), None);
+        assert_eq!(rewrite_stream_chunk(b"{\"model\":\"m\",", b"\"s\"", &mut out), None);
+        assert!(out.is_empty());
+    }
+
+    /// Random byte mutations of a request: nothing panics, and whenever validation accepts the
+    /// mutant, the rewrite is accepted too and means exactly the original with the two changes.
+    #[test]
+    fn mutated_bodies_never_panic_and_rewrite_exactly() {
+        let base = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"a \"model\": b"}],"stream":true,"stream_options":{"x":1},"max_tokens":5,"t":[1.5,null]}"#;
+        let alphabet = b"{}[]\":,\\ ntf01-.eu\x00\xff";
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let (mut accepted, mut scratch) = (0, Vec::new());
+        for _ in 0..20_000 {
+            let mut body = base.to_vec();
+            for _ in 0..=next(3) {
+                let at = next(body.len());
+                match next(4) {
+                    0 => drop(body.remove(at)),
+                    1 => body.insert(at, alphabet[next(alphabet.len())]),
+                    _ => body[at] = alphabet[next(alphabet.len())],
+                }
+            }
+            let out = rewrite_chat_request(&body, "new\"m", true);
+            let _ = rewrite_chat_response(&body, "s");
+            let _ = rewrite_stream_chunk(&body, b"\"s\"", &mut scratch);
+            let _ = response_id(&body);
+            let Ok(info) = parse_chat_request(&body) else { continue };
+            accepted += 1;
+            let again = parse_chat_request(&out).expect("a rewritten accepted body is accepted");
+            assert_eq!((again.model.as_str(), again.include_usage), ("new\"m", true));
+            assert_eq!((again.message_count, again.max_tokens), (info.message_count, info.max_tokens));
+            // IgnoredAny accepts lone surrogate escapes (valid JSON grammar, as in Python's json),
+            // which `Value` cannot represent: compare meaning only where `Value` can.
+            let Ok(mut want) = serde_json::from_slice::<Value>(&body) else { continue };
+            want["model"] = json!("new\"m");
+            match want.get_mut("stream_options") {
+                Some(Value::Object(options)) => drop(options.insert("include_usage".into(), json!(true))),
+                _ => want["stream_options"] = json!({"include_usage": true}),
+            }
+            assert_eq!(value(&out), want, "{}", String::from_utf8_lossy(&body));
+        }
+        assert!(accepted > 1_000, "the mutations should leave many bodies valid: {accepted}");
     }
 }

@@ -7,13 +7,14 @@ use pingora::{Error, ErrorSource, ErrorType};
 pub fn classify(e: &Error) -> ApiError {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+        ConnectTimedout => ApiError::upstream_timeout("the provider did not accept a connection in time"),
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
             ApiError::upstream_timeout("the provider did not answer in time")
         }
-        ConnectTimedout => ApiError::upstream_timeout("the provider did not accept a connection in time"),
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
         | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => {
-            ApiError::upstream_error(format!("cannot connect to the provider ({})", e.etype().as_str()))
+            // The provider cannot be reached at all: no route can serve the model right now.
+            ApiError::provider_unavailable(format!("cannot connect to the provider ({})", e.etype().as_str()))
         }
         HTTPStatus(code) if (400..500).contains(code) => {
             ApiError::new(*code, "invalid_request", "the request could not be read")

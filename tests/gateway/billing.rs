@@ -4,9 +4,10 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// nano-USD for `mock/echo-1` ($1 / $2 per 1M tokens): 1 nano per prompt token, 2 per completion.
+/// nano-USD for `mock/echo-1` ($1 / $2 per 1M tokens): 1,000 nano per prompt token, 2,000 per
+/// completion token.
 fn echo_cost_nano(prompt: u64, completion: u64) -> i64 {
-    (prompt + 2 * completion) as i64
+    (prompt * 1000 + completion * 2000) as i64
 }
 
 fn nano(usd_value: &Value) -> i64 {
@@ -86,9 +87,9 @@ fn failures_cost_nothing() {
 #[test]
 fn concurrent_requests_cannot_overspend_a_small_balance() {
     let gw = Gateway::start();
-    // Each request reserves prompt bytes + max_tokens (50) worth: about 100 + 100 nano.
-    // $0.000002 = 2000 nano covers only a handful at once.
-    let (_, key) = gw.account_with_key("0.000002");
+    // Each request reserves (prompt bytes ≈ 90) × 1,000 + (max_tokens 50) × 2,000 ≈ 190,000
+    // nano. $0.002 = 2,000,000 nano covers about ten at once.
+    let (_, key) = gw.account_with_key("0.002");
     let body = json!({"model": "mock/echo-1", "max_tokens": 50,
         "messages": [{"role": "user", "content": "hi"}]});
     let results: Vec<u16> = std::thread::scope(|s| {

@@ -56,7 +56,7 @@ fn admin_accounts_credits_and_keys() {
     let r = gw.admin_post("/v1/admin/accounts", json!({"email": 5}));
     assert_eq!(r.status(), 400);
 
-    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "12.345678901", "note": "x"}));
+    let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "12.3456789012", "note": "x"}));
     assert_eq!(r.status(), 400, "more than 9 decimals is not an exact nano amount");
     let r = gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "12.5"}));
     assert_eq!(r.status(), 200);
