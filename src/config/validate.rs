@@ -98,7 +98,7 @@ fn server_settings(
     if !s.tls_listen.is_empty() && (s.tls_cert.is_none() || s.tls_key.is_none()) {
         errs.push("server.tls_listen", "needs server.tls_cert and server.tls_key");
     }
-    if let Some(addr) = &s.metrics_listen {
+    if let Some(addr) = s.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
         check_addr("server.metrics_listen", addr, errs);
     }
     if s.key_prefix.is_empty() || !s.key_prefix.bytes().all(|b| b.is_ascii_graphic()) {

@@ -8,8 +8,9 @@
 //! - completions / embeddings `prompt_tokens` = Σ over inputs of `ceil(bytes / 4)` for strings,
 //!   or the array length for pre-tokenized inputs;
 //! - `completion_tokens` = number of words in the reply, which is exactly the number of content
-//!   chunks when streamed. `max_tokens` / `max_completion_tokens` cut the reply to that many
-//!   words and turn `finish_reason` into `"length"`.
+//!   chunks when streamed, times `n` when several choices are asked for. The smaller of
+//!   `max_tokens` / `max_completion_tokens` cuts the reply to that many words and turns
+//!   `finish_reason` into `"length"`.
 
 use std::borrow::Cow;
 
@@ -20,6 +21,8 @@ use serde_json::Value;
 pub const SYSTEM_FINGERPRINT: &str = "fp_mock";
 /// Longest reply the mock will generate, whatever `x-mock-words` says.
 pub const MAX_WORDS: u32 = 100_000;
+/// Largest `n` (choices per chat request), as in OpenAI.
+pub const MAX_CHOICES: u32 = 128;
 /// Default and largest embedding sizes.
 pub const DEFAULT_DIMENSIONS: usize = 8;
 pub const MAX_DIMENSIONS: usize = 4096;
@@ -114,7 +117,7 @@ impl ApiError {
     }
 }
 
-fn bad_json(e: serde_json::Error) -> ApiError {
+pub(super) fn bad_json(e: serde_json::Error) -> ApiError {
     ApiError::invalid(
         format!("We could not parse the JSON body of your request: {e}"),
         None,
@@ -138,6 +141,7 @@ struct RawChat {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    n: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +159,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     pub message_count: usize,
     pub prompt_tokens: u64,
+    /// Number of choices (`n`, 1..=[`MAX_CHOICES`]); each is the same reply.
+    pub n: u32,
 }
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -165,6 +171,10 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let messages = raw.messages.ok_or_else(|| {
         ApiError::invalid("Missing required parameter: 'messages'.", Some("messages"))
     })?;
+    let n = raw.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ApiError::invalid(format!("n must be 1..={MAX_CHOICES}"), Some("n")));
+    }
     Ok(ChatRequest {
         model,
         stream: raw.stream.unwrap_or(false),
@@ -173,6 +183,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         max_tokens: min_opt(raw.max_tokens, raw.max_completion_tokens),
+        n,
         message_count: messages.len(),
         prompt_tokens: messages
             .iter()
@@ -182,7 +193,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
 }
 
 /// UTF-8 bytes of a message's text: a string, or the `text` of each content part.
-fn text_bytes(content: &Value) -> usize {
+pub(super) fn text_bytes(content: &Value) -> usize {
     match content {
         Value::String(s) => s.len(),
         Value::Array(parts) => parts
@@ -481,15 +492,15 @@ pub struct Meta<'a> {
     pub model: &'a str,
 }
 
-/// `usage: None` omits the field (the `x-mock-no-usage` fault).
-pub fn chat_completion(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec<u8> {
+/// `n` identical choices; `usage: None` omits the field (the `x-mock-no-usage` fault).
+pub fn chat_completion(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Body<'a> {
         id: &'a str,
         object: &'static str,
         created: u64,
         model: &'a str,
-        choices: [Choice<'a>; 1],
+        choices: Vec<Choice<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
         system_fingerprint: &'static str,
@@ -514,17 +525,19 @@ pub fn chat_completion(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec<u
         object: "chat.completion",
         created: meta.created,
         model: meta.model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content: &text,
-                refusal: None,
-                annotations: [],
-            },
-            logprobs: None,
-            finish_reason: reply.finish_reason,
-        }],
+        choices: (0..n)
+            .map(|index| Choice {
+                index,
+                message: Message {
+                    role: "assistant",
+                    content: &text,
+                    refusal: None,
+                    annotations: [],
+                },
+                logprobs: None,
+                finish_reason: reply.finish_reason,
+            })
+            .collect(),
         usage,
         system_fingerprint: SYSTEM_FINGERPRINT,
     })
@@ -716,12 +729,13 @@ struct Delta<'a> {
 }
 
 /// Every event of a streamed chat completion, in order. `usage: Some` means the client asked
-/// for `stream_options.include_usage` (and no fault suppresses it).
-pub fn chat_stream(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec<Event> {
+/// for `stream_options.include_usage` (and no fault suppresses it). With `n > 1` each step is
+/// sent once per choice index, interleaved as OpenAI does.
+pub fn chat_stream(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> Vec<Event> {
     let null_usage = usage.map(|_| None);
-    let chunk = |delta: Delta, finish_reason: Option<&str>| {
+    let chunk = |index: u32, delta: Delta, finish_reason: Option<&str>| {
         let choice = ChunkChoice {
-            index: 0,
+            index,
             delta,
             logprobs: None,
             finish_reason,
@@ -736,27 +750,21 @@ pub fn chat_stream(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec<Event
             usage: null_usage,
         }))
     };
-    let mut events = Vec::with_capacity(reply.chunks.len() + 4);
-    let head = Delta {
-        role: Some("assistant"),
-        content: Some(""),
-    };
-    events.push(event(EventKind::Head, chunk(head, None)));
-    for word in &reply.chunks {
-        let delta = Delta {
-            role: None,
-            content: Some(word),
-        };
-        events.push(event(EventKind::Content, chunk(delta, None)));
+    let delta = |role, content| Delta { role, content };
+    let mut events = Vec::with_capacity((reply.chunks.len() + 2) * n as usize + 2);
+    for i in 0..n {
+        let head = chunk(i, delta(Some("assistant"), Some("")), None);
+        events.push(event(EventKind::Head, head));
     }
-    let finish = Delta {
-        role: None,
-        content: None,
-    };
-    events.push(event(
-        EventKind::Finish,
-        chunk(finish, Some(reply.finish_reason)),
-    ));
+    for word in &reply.chunks {
+        for i in 0..n {
+            events.push(event(EventKind::Content, chunk(i, delta(None, Some(word)), None)));
+        }
+    }
+    for i in 0..n {
+        let finish = chunk(i, delta(None, None), Some(reply.finish_reason));
+        events.push(event(EventKind::Finish, finish));
+    }
     if let Some(usage) = usage {
         let last = sse(&to_vec(&ChatChunk {
             id: meta.id,
@@ -769,10 +777,7 @@ pub fn chat_stream(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec<Event
         }));
         events.push(event(EventKind::Usage, last));
     }
-    events.push(event(
-        EventKind::Done,
-        Bytes::from_static(b"data: [DONE]\n\n"),
-    ));
+    events.push(event(EventKind::Done, Bytes::from_static(b"data: [DONE]\n\n")));
     events
 }
 
@@ -814,11 +819,11 @@ pub fn completion_stream(meta: Meta, reply: &Reply, usage: Option<Usage>) -> Vec
     events
 }
 
-fn event(kind: EventKind, bytes: Bytes) -> Event {
+pub(super) fn event(kind: EventKind, bytes: Bytes) -> Event {
     Event { kind, bytes }
 }
 
-fn sse(json: &[u8]) -> Bytes {
+pub(super) fn sse(json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(json.len() + 8);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(json);
@@ -827,7 +832,7 @@ fn sse(json: &[u8]) -> Bytes {
 }
 
 /// Serializing these plain structs cannot fail (no maps with non-string keys, no I/O).
-fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
@@ -959,7 +964,7 @@ mod tests {
     #[test]
     fn chat_completion_shape() {
         let reply = build_reply(1, None, None);
-        let body = chat_completion(META, &reply, Some(Usage::new(7, 9)));
+        let body = chat_completion(META, &reply, 1, Some(Usage::new(7, 9)));
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["id"], "chatcmpl-mock-1");
         assert_eq!(v["object"], "chat.completion");
@@ -972,14 +977,14 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens"], 7);
         assert_eq!(v["usage"]["completion_tokens"], 9);
         assert_eq!(v["usage"]["total_tokens"], 16);
-        let no_usage: Value = serde_json::from_slice(&chat_completion(META, &reply, None)).unwrap();
+        let no_usage: Value = serde_json::from_slice(&chat_completion(META, &reply, 1, None)).unwrap();
         assert!(no_usage.get("usage").is_none());
     }
 
     #[test]
     fn chat_stream_with_usage() {
         let reply = build_reply(1, Some(3), None);
-        let events = chat_stream(META, &reply, Some(Usage::new(4, 3)));
+        let events = chat_stream(META, &reply, 1, Some(Usage::new(4, 3)));
         let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
         use EventKind as K;
         let want = [
@@ -1018,8 +1023,28 @@ mod tests {
     }
 
     #[test]
+    fn several_choices() {
+        let body = br#"{"model":"m","messages":[],"n":3}"#;
+        assert_eq!(parse_chat(body).unwrap().n, 3);
+        assert!(parse_chat(br#"{"model":"m","messages":[],"n":0}"#).is_err());
+        let reply = build_reply(0, Some(2), None);
+        let v: Value = serde_json::from_slice(&chat_completion(META, &reply, 3, None)).unwrap();
+        assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+        assert_eq!(v["choices"][2]["index"], 2);
+        let events = chat_stream(META, &reply, 2, None);
+        let count = |k| events.iter().filter(|e| e.kind == k).count();
+        assert_eq!(
+            (count(EventKind::Head), count(EventKind::Content), count(EventKind::Finish)),
+            (2, 4, 2)
+        );
+        let v = parse_sse(&events);
+        assert_eq!(v[3]["choices"][0]["index"], 1);
+        assert_eq!(v[3]["choices"][0]["delta"]["content"], "Hello");
+    }
+
+    #[test]
     fn chat_stream_without_usage_has_no_usage_key() {
-        let events = chat_stream(META, &build_reply(1, Some(2), None), None);
+        let events = chat_stream(META, &build_reply(1, Some(2), None), 1, None);
         assert!(events.iter().all(|e| e.kind != EventKind::Usage));
         for c in parse_sse(&events) {
             assert!(c.get("usage").is_none());

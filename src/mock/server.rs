@@ -333,7 +333,9 @@ async fn chat(
         Err(err) => return respond_error(session, &err, None).await,
     };
     let reply = openai::build_reply(req.message_count, faults.words, req.max_tokens);
-    let usage = Usage::new(req.prompt_tokens, reply.completion_tokens());
+    // Every choice is the same reply, so each one costs its words.
+    let completion_tokens = reply.completion_tokens() * u64::from(req.n);
+    let usage = Usage::new(req.prompt_tokens, completion_tokens);
     let id = format!("chatcmpl-mock-{}", state.next_id());
     let meta = Meta {
         id: &id,
@@ -342,14 +344,14 @@ async fn chat(
     };
     if req.stream {
         let usage = (req.include_usage && !faults.no_usage).then_some(usage);
-        stream(session, openai::chat_stream(meta, &reply, usage), faults).await
+        stream(session, openai::chat_stream(meta, &reply, req.n, usage), faults).await
     } else {
         let usage = (!faults.no_usage).then_some(usage);
         respond(
             session,
             200,
             JSON,
-            openai::chat_completion(meta, &reply, usage),
+            openai::chat_completion(meta, &reply, req.n, usage),
         )
         .await
     }

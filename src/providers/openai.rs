@@ -1042,13 +1042,18 @@ mod tests {
             accepted += 1;
             let again = parse_chat_request(&out).expect("a rewritten accepted body is accepted");
             assert_eq!((again.model.as_str(), again.include_usage), ("new\"m", true));
-            assert_eq!((again.message_count, again.max_tokens), (info.message_count, info.max_tokens));
+            assert_eq!(
+                (again.message_count, again.max_tokens),
+                (info.message_count, info.max_tokens)
+            );
             // IgnoredAny accepts lone surrogate escapes (valid JSON grammar, as in Python's json),
             // which `Value` cannot represent: compare meaning only where `Value` can.
             let Ok(mut want) = serde_json::from_slice::<Value>(&body) else { continue };
             want["model"] = json!("new\"m");
             match want.get_mut("stream_options") {
-                Some(Value::Object(options)) => drop(options.insert("include_usage".into(), json!(true))),
+                Some(Value::Object(options)) => {
+                    drop(options.insert("include_usage".into(), json!(true)))
+                }
                 _ => want["stream_options"] = json!({"include_usage": true}),
             }
             assert_eq!(value(&out), want, "{}", String::from_utf8_lossy(&body));

@@ -195,6 +195,15 @@ pub struct Gateway {
     pub mock: Mock,
 }
 
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 impl Gateway {
     /// A gateway in front of a fresh mock (which requires the provider key).
     pub fn start() -> Gateway {
