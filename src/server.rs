@@ -72,7 +72,7 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway { app: app.clone() },
+        Gateway::new(app.clone()),
         "tollgate",
     );
     for addr in &settings.listen {

@@ -159,11 +159,17 @@ pub fn message_stream(id: &str, model: &str, reply: &Reply, usage: Option<Usage>
     let block = json!({"type": "content_block_start", "index": 0,
                        "content_block": {"type": "text", "text": ""}});
     events.push(event(EventKind::Head, named("content_block_start", &block)));
-    events.push(event(EventKind::Head, named("ping", &json!({"type": "ping"}))));
+    events.push(event(
+        EventKind::Head,
+        named("ping", &json!({"type": "ping"})),
+    ));
     for word in &reply.chunks {
         let delta = json!({"type": "content_block_delta", "index": 0,
                            "delta": {"type": "text_delta", "text": word}});
-        events.push(event(EventKind::Content, named("content_block_delta", &delta)));
+        events.push(event(
+            EventKind::Content,
+            named("content_block_delta", &delta),
+        ));
     }
     let stop = json!({"type": "content_block_stop", "index": 0});
     events.push(event(EventKind::Finish, named("content_block_stop", &stop)));
@@ -230,7 +236,10 @@ mod tests {
                 let s = std::str::from_utf8(&e.bytes).unwrap();
                 let (name, data) = s.strip_suffix("\n\n").unwrap().split_once('\n').unwrap();
                 let name = name.strip_prefix("event: ").unwrap().to_string();
-                (name, serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap())
+                (
+                    name,
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap(),
+                )
             })
             .collect()
     }
@@ -242,7 +251,10 @@ mod tests {
                         {"role":"assistant","content":"hi"}]}"#;
         let req = parse_messages(body).unwrap();
         assert_eq!(req.input_tokens, (2 + 3) + (1 + 3) + (1 + 3));
-        assert_eq!((req.max_tokens, req.message_count, req.stream), (Some(5), 2, false));
+        assert_eq!(
+            (req.max_tokens, req.message_count, req.stream),
+            (Some(5), 2, false)
+        );
         assert_eq!(parse_messages(b"{}").unwrap_err().status, 400);
         assert_eq!(parse_messages(b"nope").unwrap_err().status, 400);
     }

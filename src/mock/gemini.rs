@@ -137,19 +137,34 @@ fn response(
 }
 
 /// The whole reply in one `generateContent` response.
-pub fn generate_json(id: &str, model: &str, reply: &Reply, usage: Option<UsageMetadata>) -> Vec<u8> {
+pub fn generate_json(
+    id: &str,
+    model: &str,
+    reply: &Reply,
+    usage: Option<UsageMetadata>,
+) -> Vec<u8> {
     response(id, model, &reply.text(), Some(finish_reason(reply)), usage)
 }
 
 /// One chunk per word, each with the usage so far (as Gemini does), then a last chunk with an
 /// empty text, the finish reason and the final usage. No `[DONE]`: the body just ends.
-fn chunks(id: &str, model: &str, reply: &Reply, usage: Option<UsageMetadata>) -> Vec<(EventKind, Vec<u8>)> {
+fn chunks(
+    id: &str,
+    model: &str,
+    reply: &Reply,
+    usage: Option<UsageMetadata>,
+) -> Vec<(EventKind, Vec<u8>)> {
     let so_far = |n: usize| usage.map(|u| UsageMetadata::new(u.prompt_token_count, n as u64));
     let mut out: Vec<_> = reply
         .chunks
         .iter()
         .enumerate()
-        .map(|(i, word)| (EventKind::Content, response(id, model, word, None, so_far(i + 1))))
+        .map(|(i, word)| {
+            (
+                EventKind::Content,
+                response(id, model, word, None, so_far(i + 1)),
+            )
+        })
         .collect();
     let last = response(id, model, "", Some(finish_reason(reply)), usage);
     out.push((EventKind::Finish, last));
@@ -157,7 +172,12 @@ fn chunks(id: &str, model: &str, reply: &Reply, usage: Option<UsageMetadata>) ->
 }
 
 /// `streamGenerateContent?alt=sse`.
-pub fn generate_stream(id: &str, model: &str, reply: &Reply, usage: Option<UsageMetadata>) -> Vec<Event> {
+pub fn generate_stream(
+    id: &str,
+    model: &str,
+    reply: &Reply,
+    usage: Option<UsageMetadata>,
+) -> Vec<Event> {
     chunks(id, model, reply, usage)
         .into_iter()
         .map(|(kind, json)| event(kind, sse_crlf(&json)))
@@ -165,7 +185,12 @@ pub fn generate_stream(id: &str, model: &str, reply: &Reply, usage: Option<Usage
 }
 
 /// `streamGenerateContent` without `alt=sse`: the chunks as one JSON array.
-pub fn generate_array(id: &str, model: &str, reply: &Reply, usage: Option<UsageMetadata>) -> Vec<u8> {
+pub fn generate_array(
+    id: &str,
+    model: &str,
+    reply: &Reply,
+    usage: Option<UsageMetadata>,
+) -> Vec<u8> {
     let mut out = b"[".to_vec();
     for (i, (_, json)) in chunks(id, model, reply, usage).iter().enumerate() {
         if i > 0 {
@@ -190,7 +215,7 @@ pub fn status_name(status: u16) -> &'static str {
         501 => "UNIMPLEMENTED",
         503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
-        400..=499 => "FAILED_PRECONDITION",
+        s if s < 500 => "FAILED_PRECONDITION",
         _ => "INTERNAL",
     }
 }
@@ -238,7 +263,10 @@ mod tests {
         let reply = build_reply(1, Some(3), Some(2));
         let usage = Some(UsageMetadata::new(5, 2));
         let v: Value = serde_json::from_slice(&generate_json("r1", "gem", &reply, usage)).unwrap();
-        assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "Hello from");
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"][0]["text"],
+            "Hello from"
+        );
         assert_eq!(v["candidates"][0]["content"]["role"], "model");
         assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
         assert_eq!(v["usageMetadata"]["totalTokenCount"], 7);
@@ -254,7 +282,8 @@ mod tests {
         assert_eq!(first["usageMetadata"]["candidatesTokenCount"], 1);
         assert!(first["candidates"][0].get("finishReason").is_none());
 
-        let array: Value = serde_json::from_slice(&generate_array("r1", "gem", &reply, None)).unwrap();
+        let array: Value =
+            serde_json::from_slice(&generate_array("r1", "gem", &reply, None)).unwrap();
         assert_eq!(array.as_array().unwrap().len(), 3);
         assert!(array[0].get("usageMetadata").is_none());
     }

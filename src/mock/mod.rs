@@ -9,15 +9,22 @@
 //! Routes (each also without the `/v1` prefix):
 //! - `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
 //!   `GET /v1/models`, `GET /v1/models/{id}`: see [`openai`] for the replies and token counts;
+//! - `POST /v1/messages`, `POST /v1/messages/count_tokens`: Anthropic's format ([`anthropic`]);
+//! - `POST /v1beta/models/{model}:generateContent` / `:streamGenerateContent[?alt=sse]`:
+//!   Gemini's format ([`gemini`]);
 //! - `GET|DELETE /_mock/requests`, `GET /_mock/requests/last`: the request log
 //!   ([`LoggedRequest::to_json`]);
 //! - `GET|POST|DELETE /_mock/faults`: the global [`FaultConfig`] (see [`faults`]);
 //! - `GET /_mock/health`: 200 once the listener is up.
 //!
-//! Order of checks on a provider route: request logged → `Authorization: Bearer <key>` (401) →
-//! `x-mock-*` headers parsed (400 if malformed) → delay → hang → injected status → the reply.
+//! Order of checks on a provider route: request logged → the provider's own key header
+//! (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`/`?key=`) → `x-mock-*` headers parsed
+//! (400 if malformed) → delay → hang → injected status → the reply. Errors always come in the
+//! route's provider shape.
 
+pub mod anthropic;
 pub mod faults;
+pub mod gemini;
 pub mod openai;
 pub mod server;
 
@@ -63,7 +70,8 @@ impl Default for MockState {
 }
 
 impl MockState {
-    /// `expected_key: Some(k)` makes every provider route require `Authorization: Bearer k`.
+    /// `expected_key: Some(k)` makes every provider route require the key `k`, carried the way
+    /// that provider expects it.
     pub fn new(expected_key: Option<String>) -> Self {
         MockState {
             expected_key,

@@ -173,7 +173,10 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })?;
     let n = raw.n.unwrap_or(1);
     if !(1..=MAX_CHOICES).contains(&n) {
-        return Err(ApiError::invalid(format!("n must be 1..={MAX_CHOICES}"), Some("n")));
+        return Err(ApiError::invalid(
+            format!("n must be 1..={MAX_CHOICES}"),
+            Some("n"),
+        ));
     }
     Ok(ChatRequest {
         model,
@@ -758,7 +761,10 @@ pub fn chat_stream(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> V
     }
     for word in &reply.chunks {
         for i in 0..n {
-            events.push(event(EventKind::Content, chunk(i, delta(None, Some(word)), None)));
+            events.push(event(
+                EventKind::Content,
+                chunk(i, delta(None, Some(word)), None),
+            ));
         }
     }
     for i in 0..n {
@@ -777,7 +783,10 @@ pub fn chat_stream(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> V
         }));
         events.push(event(EventKind::Usage, last));
     }
-    events.push(event(EventKind::Done, Bytes::from_static(b"data: [DONE]\n\n")));
+    events.push(event(
+        EventKind::Done,
+        Bytes::from_static(b"data: [DONE]\n\n"),
+    ));
     events
 }
 
@@ -977,7 +986,8 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens"], 7);
         assert_eq!(v["usage"]["completion_tokens"], 9);
         assert_eq!(v["usage"]["total_tokens"], 16);
-        let no_usage: Value = serde_json::from_slice(&chat_completion(META, &reply, 1, None)).unwrap();
+        let no_usage: Value =
+            serde_json::from_slice(&chat_completion(META, &reply, 1, None)).unwrap();
         assert!(no_usage.get("usage").is_none());
     }
 
@@ -1034,7 +1044,11 @@ mod tests {
         let events = chat_stream(META, &reply, 2, None);
         let count = |k| events.iter().filter(|e| e.kind == k).count();
         assert_eq!(
-            (count(EventKind::Head), count(EventKind::Content), count(EventKind::Finish)),
+            (
+                count(EventKind::Head),
+                count(EventKind::Content),
+                count(EventKind::Finish)
+            ),
             (2, 4, 2)
         );
         let v = parse_sse(&events);

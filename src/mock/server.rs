@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::{header, Method};
 use log::{debug, info};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 
 use super::faults::{FaultConfig, Faults, HANG_LIMIT};
 use super::openai::{self, ApiError, Event, EventKind, Meta, Usage};
+use super::{anthropic, gemini};
 use super::{LoggedRequest, MockState};
 
 /// Request bodies above this get a 413: far above any real prompt, low enough to stay safe.
@@ -156,6 +157,15 @@ enum Route {
     Embeddings,
     Models,
     Model(String),
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// Gemini `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent`.
+    Gemini {
+        model: String,
+        stream: bool,
+    },
     Health,
     Requests,
     LastRequest,
@@ -163,6 +173,14 @@ enum Route {
     /// A known path with the wrong method.
     BadMethod,
     NotFound,
+}
+
+/// Whose wire format a route speaks: decides the auth header and the error shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
 }
 
 impl Route {
@@ -187,14 +205,41 @@ impl Route {
             "/completions" => allowed(post, Route::Completions),
             "/embeddings" => allowed(post, Route::Embeddings),
             "/models" => allowed(get, Route::Models),
+            "/messages" => allowed(post, Route::Messages),
+            "/messages/count_tokens" => allowed(post, Route::CountTokens),
             "/_mock/health" => allowed(get, Route::Health),
             "/_mock/requests" => allowed(get || delete, Route::Requests),
             "/_mock/requests/last" => allowed(get, Route::LastRequest),
             "/_mock/faults" => allowed(get || post || delete, Route::Faults),
-            _ => match path.strip_prefix("/models/") {
-                Some(id) if !id.is_empty() => allowed(get, Route::Model(id.to_string())),
-                _ => Route::NotFound,
-            },
+            _ => {
+                let Some(rest) = path
+                    .strip_prefix("/models/")
+                    .or_else(|| path.strip_prefix("/v1beta/models/"))
+                    .filter(|rest| !rest.is_empty())
+                else {
+                    return Route::NotFound;
+                };
+                match rest.rsplit_once(':') {
+                    Some((model, "generateContent")) => Route::Gemini {
+                        model: model.to_string(),
+                        stream: false,
+                    },
+                    Some((model, "streamGenerateContent")) => Route::Gemini {
+                        model: model.to_string(),
+                        stream: true,
+                    },
+                    Some(_) => Route::NotFound,
+                    None => allowed(get, Route::Model(rest.to_string())),
+                }
+            }
+        }
+        .only_post_for_gemini(post)
+    }
+
+    fn only_post_for_gemini(self, post: bool) -> Route {
+        match self {
+            Route::Gemini { .. } if !post => Route::BadMethod,
+            route => route,
         }
     }
 
@@ -204,12 +249,91 @@ impl Route {
             Route::Health | Route::Requests | Route::LastRequest | Route::Faults
         )
     }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Route::Messages | Route::CountTokens => Dialect::Anthropic,
+            Route::Gemini { .. } => Dialect::Gemini,
+            _ => Dialect::OpenAi,
+        }
+    }
+}
+
+impl Dialect {
+    fn error_json(self, err: &ApiError) -> Vec<u8> {
+        match self {
+            Dialect::OpenAi => err.to_json(),
+            Dialect::Anthropic => anthropic::error_json(err),
+            Dialect::Gemini => gemini::error_json(err),
+        }
+    }
+
+    fn error_event(self, err: &ApiError) -> Bytes {
+        match self {
+            Dialect::OpenAi => err.to_sse(),
+            Dialect::Anthropic => anthropic::error_sse(err),
+            Dialect::Gemini => gemini::error_sse(err),
+        }
+    }
+
+    /// Each provider's own way of carrying the key, and its answer when it is wrong.
+    fn check_auth(self, req: &RequestHeader, key: &str) -> Result<(), ApiError> {
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        match self {
+            Dialect::OpenAi => {
+                let Some(value) = header("authorization") else {
+                    return Err(ApiError::for_status(
+                        401,
+                        "You didn't provide an API key. You need to provide your API key in an \
+                         Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                    ));
+                };
+                match value.strip_prefix("Bearer ").map(str::trim) {
+                    Some(k) if k == key => Ok(()),
+                    _ => Err(ApiError::for_status(401, "Incorrect API key provided.")),
+                }
+            }
+            Dialect::Anthropic => match header("x-api-key") {
+                Some(k) if k == key => Ok(()),
+                Some(_) => Err(ApiError::for_status(401, "invalid x-api-key")),
+                None => Err(ApiError::for_status(401, "x-api-key header is required")),
+            },
+            Dialect::Gemini => {
+                let from_query = req
+                    .uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")));
+                // Like Google: no key is a 403, a wrong key a 400.
+                match header("x-goog-api-key").or(from_query) {
+                    Some(k) if k == key => Ok(()),
+                    Some(_) => Err(ApiError::for_status(
+                        400,
+                        "API key not valid. Please pass a valid API key.",
+                    )),
+                    None => Err(ApiError::for_status(
+                        403,
+                        "Method doesn't allow unregistered callers (callers without established \
+                         identity). Please use API Key or other form of API consumer identity \
+                         to call this API.",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// What a provider route answers, before faults decide how it is delivered.
+enum Answer {
+    Json(Vec<u8>),
+    Sse(Vec<Event>),
+    Error(ApiError),
 }
 
 async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
     let req = session.req_header();
     let method = req.method.clone();
     let route = Route::parse(&method, req.uri.path());
+    let dialect = route.dialect();
 
     // curl (and others) wait for "100 Continue" before sending a large body.
     let expects_continue = req
@@ -226,7 +350,7 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
             // Don't drain what is left of a huge body just to keep the connection.
             session.set_keepalive(None);
             let err = ApiError::for_status(413, format!("request body over {MAX_BODY} bytes"));
-            return respond_error(session, &err, None).await;
+            return respond_error(session, dialect, &err, None).await;
         }
         Err(BodyError::Io) => return Next::Close,
     };
@@ -250,28 +374,32 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
         });
     }
 
-    match &route {
-        Route::NotFound => {
-            let msg = format!("Invalid URL ({} {})", method, req.uri.path());
-            return respond_error(session, &ApiError::for_status(404, msg), None).await;
-        }
-        Route::BadMethod => {
-            let msg = format!("Method {method} not allowed on {}", req.uri.path());
-            return respond_error(session, &ApiError::for_status(405, msg), None).await;
-        }
-        _ => {}
+    let status_only = match &route {
+        Route::NotFound => Some(404),
+        Route::BadMethod => Some(405),
+        _ => None,
+    };
+    if let Some(status) = status_only {
+        let msg = format!("Invalid URL ({} {})", method, req.uri.path());
+        return respond_error(session, dialect, &ApiError::for_status(status, msg), None).await;
     }
 
     if let Some(key) = state.expected_key() {
-        if let Err(err) = check_auth(req.headers.get(header::AUTHORIZATION), key) {
-            return respond_error(session, &err, None).await;
+        if let Err(err) = dialect.check_auth(req, key) {
+            return respond_error(session, dialect, &err, None).await;
         }
     }
 
     let req_faults = match FaultConfig::from_headers(&req.headers) {
         Ok(f) => f,
-        Err(msg) => return respond_error(session, &ApiError::invalid(msg, None), None).await,
+        Err(msg) => {
+            return respond_error(session, dialect, &ApiError::invalid(msg, None), None).await
+        }
     };
+    let sse_requested = req
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
     let (global, rolled_failure) = state.faults_for_request();
     let faults = global.overlay(&req_faults);
 
@@ -286,112 +414,126 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
     if let Some(status) = faults.status.or(rolled_failure.then_some(500)) {
         let err = ApiError::for_status(status, format!("injected fault: status {status}"));
         let retry_after = (status == 429).then_some(faults.retry_after);
-        return respond_error(session, &err, retry_after).await;
+        return respond_error(session, dialect, &err, retry_after).await;
     }
 
-    match route {
-        Route::Chat => chat(state, session, &body, &faults).await,
-        Route::Completions => completions(state, session, &body, &faults).await,
+    let id = state.next_id();
+    let answer = match route {
+        Route::Chat => chat(id, &body, &faults),
+        Route::Completions => completions(id, &body, &faults),
         Route::Embeddings => match openai::parse_embedding(&body) {
-            Ok(req) => respond(session, 200, JSON, openai::embeddings(&req.model, &req)).await,
-            Err(err) => respond_error(session, &err, None).await,
+            Ok(req) => Answer::Json(openai::embeddings(&req.model, &req)),
+            Err(err) => Answer::Error(err),
         },
-        Route::Models => respond(session, 200, JSON, openai::models_list()).await,
-        Route::Model(id) => respond(session, 200, JSON, openai::model_object(&id)).await,
-        // Handled above.
-        _ => respond_error(session, &ApiError::for_status(404, "Invalid URL"), None).await,
-    }
-}
-
-fn check_auth(value: Option<&http::HeaderValue>, key: &str) -> Result<(), ApiError> {
-    let Some(value) = value else {
-        return Err(ApiError::for_status(
-            401,
-            "You didn't provide an API key. You need to provide your API key in an Authorization \
-             header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        ));
+        Route::Models => Answer::Json(openai::models_list()),
+        Route::Model(model) => Answer::Json(openai::model_object(&model)),
+        Route::Messages => messages(id, &body, &faults),
+        Route::CountTokens => match anthropic::parse_messages(&body) {
+            Ok(req) => Answer::Json(anthropic::count_tokens_json(req.input_tokens)),
+            Err(err) => Answer::Error(err),
+        },
+        Route::Gemini { model, stream } => {
+            generate(id, &model, stream, sse_requested, &body, &faults)
+        }
+        // Answered above.
+        _ => Answer::Error(ApiError::for_status(404, "Invalid URL")),
     };
-    let given = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if given == Some(key) {
-        return Ok(());
+    match answer {
+        Answer::Json(body) => respond(session, 200, JSON, body).await,
+        Answer::Sse(events) => stream(session, dialect, events, &faults).await,
+        Answer::Error(err) => respond_error(session, dialect, &err, None).await,
     }
-    Err(ApiError::for_status(401, "Incorrect API key provided."))
 }
 
-async fn chat(
-    state: &MockState,
-    session: &mut ServerSession,
-    body: &[u8],
-    faults: &Faults,
-) -> Next {
+/// `x-mock-no-usage` wins over whatever the client asked for.
+fn usage_if<T>(wanted: bool, faults: &Faults, usage: T) -> Option<T> {
+    (wanted && !faults.no_usage).then_some(usage)
+}
+
+fn chat(id: u64, body: &[u8], faults: &Faults) -> Answer {
     let req = match openai::parse_chat(body) {
         Ok(req) => req,
-        Err(err) => return respond_error(session, &err, None).await,
+        Err(err) => return Answer::Error(err),
     };
     let reply = openai::build_reply(req.message_count, faults.words, req.max_tokens);
     // Every choice is the same reply, so each one costs its words.
-    let completion_tokens = reply.completion_tokens() * u64::from(req.n);
-    let usage = Usage::new(req.prompt_tokens, completion_tokens);
-    let id = format!("chatcmpl-mock-{}", state.next_id());
+    let usage = Usage::new(
+        req.prompt_tokens,
+        reply.completion_tokens() * u64::from(req.n),
+    );
+    let id = format!("chatcmpl-mock-{id}");
     let meta = Meta {
         id: &id,
         created: unix_now(),
         model: &req.model,
     };
     if req.stream {
-        let usage = (req.include_usage && !faults.no_usage).then_some(usage);
-        stream(session, openai::chat_stream(meta, &reply, req.n, usage), faults).await
+        let usage = usage_if(req.include_usage, faults, usage);
+        Answer::Sse(openai::chat_stream(meta, &reply, req.n, usage))
     } else {
-        let usage = (!faults.no_usage).then_some(usage);
-        respond(
-            session,
-            200,
-            JSON,
-            openai::chat_completion(meta, &reply, req.n, usage),
-        )
-        .await
+        let usage = usage_if(true, faults, usage);
+        Answer::Json(openai::chat_completion(meta, &reply, req.n, usage))
     }
 }
 
-async fn completions(
-    state: &MockState,
-    session: &mut ServerSession,
-    body: &[u8],
-    faults: &Faults,
-) -> Next {
+fn completions(id: u64, body: &[u8], faults: &Faults) -> Answer {
     let req = match openai::parse_completion(body) {
         Ok(req) => req,
-        Err(err) => return respond_error(session, &err, None).await,
+        Err(err) => return Answer::Error(err),
     };
     let reply = openai::build_reply(req.prompt_count, faults.words, req.max_tokens);
     let usage = Usage::new(req.prompt_tokens, reply.completion_tokens());
-    let id = format!("cmpl-mock-{}", state.next_id());
+    let id = format!("cmpl-mock-{id}");
     let meta = Meta {
         id: &id,
         created: unix_now(),
         model: &req.model,
     };
     if req.stream {
-        let usage = (req.include_usage && !faults.no_usage).then_some(usage);
-        stream(
-            session,
-            openai::completion_stream(meta, &reply, usage),
-            faults,
-        )
-        .await
+        let usage = usage_if(req.include_usage, faults, usage);
+        Answer::Sse(openai::completion_stream(meta, &reply, usage))
     } else {
-        let usage = (!faults.no_usage).then_some(usage);
-        respond(
-            session,
-            200,
-            JSON,
-            openai::text_completion(meta, &reply, usage),
-        )
-        .await
+        Answer::Json(openai::text_completion(
+            meta,
+            &reply,
+            usage_if(true, faults, usage),
+        ))
+    }
+}
+
+fn messages(id: u64, body: &[u8], faults: &Faults) -> Answer {
+    let req = match anthropic::parse_messages(body) {
+        Ok(req) => req,
+        Err(err) => return Answer::Error(err),
+    };
+    let Some(max_tokens) = req.max_tokens else {
+        let err = ApiError::invalid("max_tokens: Field required", Some("max_tokens"));
+        return Answer::Error(err);
+    };
+    let reply = openai::build_reply(req.message_count, faults.words, Some(max_tokens));
+    let usage = anthropic::Usage::new(req.input_tokens, reply.completion_tokens());
+    let usage = usage_if(true, faults, usage);
+    let id = format!("msg_mock_{id}");
+    if req.stream {
+        Answer::Sse(anthropic::message_stream(&id, &req.model, &reply, usage))
+    } else {
+        Answer::Json(anthropic::message_json(&id, &req.model, &reply, usage))
+    }
+}
+
+fn generate(id: u64, model: &str, stream: bool, sse: bool, body: &[u8], faults: &Faults) -> Answer {
+    let req = match gemini::parse_generate(body) {
+        Ok(req) => req,
+        Err(err) => return Answer::Error(err),
+    };
+    let reply = openai::build_reply(req.content_count, faults.words, req.max_output_tokens);
+    let usage = gemini::UsageMetadata::new(req.prompt_tokens, reply.completion_tokens());
+    let usage = usage_if(true, faults, usage);
+    let id = format!("mock-{id}");
+    match (stream, sse) {
+        (true, true) => Answer::Sse(gemini::generate_stream(&id, model, &reply, usage)),
+        (true, false) => Answer::Json(gemini::generate_array(&id, model, &reply, usage)),
+        (false, _) => Answer::Json(gemini::generate_json(&id, model, &reply, usage)),
     }
 }
 
@@ -403,13 +545,11 @@ async fn control(
     route: &Route,
     body: Bytes,
 ) -> Next {
-    let ok = || br#"{"ok":true}"#.to_vec();
     let to_json = |v: &serde_json::Value| serde_json::to_vec(v).unwrap_or_default();
-    match (route, method) {
-        (Route::Health, _) => respond(session, 200, JSON, ok()).await,
+    let answer = match (route, method) {
         (Route::Requests, &Method::DELETE) => {
             state.clear_requests();
-            respond(session, 200, JSON, ok()).await
+            Answer::Json(br#"{"ok":true}"#.to_vec())
         }
         (Route::Requests, _) => {
             let list: Vec<_> = state
@@ -417,37 +557,32 @@ async fn control(
                 .iter()
                 .map(LoggedRequest::to_json)
                 .collect();
-            let body = to_json(&serde_json::json!({ "requests": list }));
-            respond(session, 200, JSON, body).await
+            Answer::Json(to_json(&serde_json::json!({ "requests": list })))
         }
         (Route::LastRequest, _) => match state.last_request() {
-            Some(r) => respond(session, 200, JSON, to_json(&r.to_json())).await,
-            None => {
-                let err = ApiError::for_status(404, "no request logged yet");
-                respond_error(session, &err, None).await
-            }
+            Some(r) => Answer::Json(to_json(&r.to_json())),
+            None => Answer::Error(ApiError::for_status(404, "no request logged yet")),
         },
         (Route::Faults, &Method::DELETE) => {
             state.clear_faults();
-            respond(session, 200, JSON, ok()).await
+            Answer::Json(br#"{"ok":true}"#.to_vec())
         }
         (Route::Faults, &Method::POST) => {
             let set = serde_json::from_slice::<FaultConfig>(&body)
                 .map_err(|e| e.to_string())
                 .and_then(|cfg| state.set_faults(cfg));
             match set {
-                Ok(()) => {
-                    let body = serde_json::to_vec(&state.faults()).unwrap_or_default();
-                    respond(session, 200, JSON, body).await
-                }
-                Err(msg) => respond_error(session, &ApiError::invalid(msg, None), None).await,
+                Ok(()) => Answer::Json(serde_json::to_vec(&state.faults()).unwrap_or_default()),
+                Err(msg) => Answer::Error(ApiError::invalid(msg, None)),
             }
         }
-        (Route::Faults, _) => {
-            let body = serde_json::to_vec(&state.faults()).unwrap_or_default();
-            respond(session, 200, JSON, body).await
-        }
-        _ => respond_error(session, &ApiError::for_status(404, "Invalid URL"), None).await,
+        (Route::Faults, _) => Answer::Json(serde_json::to_vec(&state.faults()).unwrap_or_default()),
+        _ => Answer::Json(br#"{"ok":true}"#.to_vec()),
+    };
+    match answer {
+        Answer::Error(err) => respond_error(session, Dialect::OpenAi, &err, None).await,
+        Answer::Json(body) => respond(session, 200, JSON, body).await,
+        Answer::Sse(_) => Next::Close,
     }
 }
 
@@ -522,10 +657,12 @@ async fn respond(
 
 async fn respond_error(
     session: &mut ServerSession,
+    dialect: Dialect,
     err: &ApiError,
     retry_after: Option<u64>,
 ) -> Next {
-    write_full(session, err.status, JSON, err.to_json(), retry_after).await
+    let body = dialect.error_json(err);
+    write_full(session, err.status, JSON, body, retry_after).await
 }
 
 async fn write_full(
@@ -559,7 +696,12 @@ async fn write_full(
 ///
 /// `cut_after` / `stream_error_after` count content events; if the reply is shorter than the
 /// limit they fire before the finish event, so a test that sets one always sees it happen.
-async fn stream(session: &mut ServerSession, events: Vec<Event>, faults: &Faults) -> Next {
+async fn stream(
+    session: &mut ServerSession,
+    dialect: Dialect,
+    events: Vec<Event>,
+    faults: &Faults,
+) -> Next {
     let Some(mut h) = response_header(200, "text/event-stream") else {
         return Next::Close;
     };
@@ -575,6 +717,7 @@ async fn stream(session: &mut ServerSession, events: Vec<Event>, faults: &Faults
     }
 
     let mut content_sent = 0u32;
+    let total = events.len();
     for (i, event) in events.into_iter().enumerate() {
         if i > 0 && !faults.chunk_delay.is_zero() {
             tokio::time::sleep(faults.chunk_delay).await;
@@ -597,18 +740,29 @@ async fn stream(session: &mut ServerSession, events: Vec<Event>, faults: &Faults
         }
         if due(faults.stream_error_after) {
             let err = ApiError::for_status(500, "injected fault: stream error");
-            return match session.write_response_body(err.to_sse(), true).await {
+            return match session
+                .write_response_body(dialect.error_event(&err), true)
+                .await
+            {
                 Ok(()) => Next::Reuse,
                 Err(_) => Next::Close,
             };
         }
-        let end = event.kind == EventKind::Done;
+        let end = i + 1 == total;
         if event.kind == EventKind::Content {
             content_sent += 1;
         }
         if session.write_response_body(event.bytes, end).await.is_err() {
             return Next::Close;
         }
+    }
+    if total == 0
+        && session
+            .write_response_body(Bytes::new(), true)
+            .await
+            .is_err()
+    {
+        return Next::Close;
     }
     Next::Reuse
 }
@@ -648,12 +802,80 @@ mod tests {
     }
 
     #[test]
+    fn gemini_and_anthropic_routes() {
+        let r = |m: Method, p: &str| Route::parse(&m, p);
+        let gem = |model: &str, stream| Route::Gemini {
+            model: model.into(),
+            stream,
+        };
+        assert_eq!(r(Method::POST, "/v1/messages"), Route::Messages);
+        assert_eq!(
+            r(Method::POST, "/v1/messages/count_tokens"),
+            Route::CountTokens
+        );
+        assert_eq!(
+            r(
+                Method::POST,
+                "/v1beta/models/gemini-2.0-flash:generateContent"
+            ),
+            gem("gemini-2.0-flash", false)
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/models/g:streamGenerateContent"),
+            gem("g", true)
+        );
+        assert_eq!(
+            r(Method::GET, "/v1beta/models/g:generateContent"),
+            Route::BadMethod
+        );
+        assert_eq!(
+            r(Method::POST, "/v1beta/models/g:embedContent"),
+            Route::NotFound
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/messages").dialect(),
+            Dialect::Anthropic
+        );
+    }
+
+    #[test]
     fn auth() {
-        let v = |s: &'static str| http::HeaderValue::from_static(s);
-        assert!(check_auth(Some(&v("Bearer k1")), "k1").is_ok());
-        assert!(check_auth(Some(&v("Bearer k2")), "k1").is_err());
-        assert!(check_auth(Some(&v("k1")), "k1").is_err());
-        assert_eq!(check_auth(None, "k1").unwrap_err().status, 401);
+        let req = |uri: &str, headers: &[(&'static str, &'static str)]| {
+            let mut h = RequestHeader::build("POST", uri.as_bytes(), None).unwrap();
+            for (k, v) in headers {
+                h.insert_header(*k, *v).unwrap();
+            }
+            h
+        };
+        let check = |d: Dialect, r: &RequestHeader| d.check_auth(r, "k1").map_err(|e| e.status);
+        let open_ai = Dialect::OpenAi;
+        assert_eq!(
+            check(open_ai, &req("/", &[("authorization", "Bearer k1")])),
+            Ok(())
+        );
+        assert_eq!(
+            check(open_ai, &req("/", &[("authorization", "Bearer k2")])),
+            Err(401)
+        );
+        assert_eq!(
+            check(open_ai, &req("/", &[("authorization", "k1")])),
+            Err(401)
+        );
+        assert_eq!(check(open_ai, &req("/", &[])), Err(401));
+        let anth = Dialect::Anthropic;
+        assert_eq!(check(anth, &req("/", &[("x-api-key", "k1")])), Ok(()));
+        assert_eq!(
+            check(anth, &req("/", &[("authorization", "Bearer k1")])),
+            Err(401)
+        );
+        let gem = Dialect::Gemini;
+        assert_eq!(check(gem, &req("/", &[("x-goog-api-key", "k1")])), Ok(()));
+        assert_eq!(
+            check(gem, &req("/m:generateContent?alt=sse&key=k1", &[])),
+            Ok(())
+        );
+        assert_eq!(check(gem, &req("/?key=no", &[])), Err(400));
+        assert_eq!(check(gem, &req("/", &[])), Err(403));
     }
 
     fn free_addr() -> String {

@@ -36,6 +36,13 @@ const MAX_COLLECTED_RESPONSE: usize = 64 * 1024 * 1024;
 
 pub struct Gateway {
     pub app: Arc<App>,
+    pub resolver: super::resolve::Resolver,
+}
+
+impl Gateway {
+    pub fn new(app: Arc<App>) -> Gateway {
+        Gateway { app, resolver: Default::default() }
+    }
 }
 
 #[async_trait]
@@ -75,11 +82,14 @@ impl ProxyHttp for Gateway {
             Error::explain(pingora::ErrorType::InternalError, "no inference route chosen")
         })?;
         let up = &inf.provider.upstream;
-        let mut peer = HttpPeer::new((up.host.as_str(), up.port), up.tls, up.host.clone());
+        ctx.upstream_start = Some(Instant::now());
+        let addr = self.resolver.resolve(&up.host, up.port).await.map_err(|e| {
+            Error::because(pingora::ErrorType::ConnectNoRoute, format!("resolving {}", up.host), e)
+        })?;
+        let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
         peer.options.connection_timeout = Some(inf.provider.connect_timeout);
         peer.options.read_timeout = Some(inf.provider.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(peer))
     }
 

@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod gateway;
 pub mod local;
 pub mod read_body;
+pub mod resolve;
 pub mod settle;
 pub mod upstream_error;
 pub mod upstream_headers;

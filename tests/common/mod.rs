@@ -136,6 +136,10 @@ kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
 connect_timeout_secs = 1
 
+[providers.nodns]
+kind = "openai"
+base_url = "http://no-such-host.invalid/v1"
+
 [providers.off]
 kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
@@ -165,6 +169,14 @@ platforms = ["cn"]
 [[models]]
 slug = "dead/model"
 provider = "dead"
+upstream_model = "x"
+context_length = 1000
+input_per_mtok = 1
+output_per_mtok = 1
+
+[[models]]
+slug = "nodns/model"
+provider = "nodns"
 upstream_model = "x"
 context_length = 1000
 input_per_mtok = 1

@@ -73,6 +73,11 @@ fn upstream_failures_map_to_502_503_504() {
     let r = gw.chat(&key, hello("dead/model"));
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(&r.json().unwrap()), "provider_unavailable");
+    // A provider whose host does not resolve: an answer, not a crash.
+    let r = gw.chat(&key, hello("nodns/model"));
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(&r.json().unwrap()), "provider_unavailable");
+    assert_eq!(client().get(gw.url("/healthz")).send().unwrap().status(), 200);
     let r = with("x-mock-status", "429");
     assert_eq!(r.status(), 429);
     assert_eq!(error_code(&r.json().unwrap()), "rate_limit_exceeded");
