@@ -42,10 +42,10 @@ release: sys-deps
 check: build
 	target/debug/tollgate check --config conf/tollgate.toml
 
-## Load benchmark (gateway vs bare Pingora vs the mock directly) and criterion benches.
-bench: release
-	$(CARGO) build --release --benches
-	$(CARGO) run --release --bin tollgate-load -- --report benches/results.md
+## Load benchmark: the mock directly vs bare Pingora vs the gateway; writes benches/results.md.
+## (The criterion micro-benchmarks are `make bench-criterion`.)
+bench: sys-deps
+	$(CARGO) bench --bench load
 
 bench-criterion:
 	$(CARGO) bench --bench sse --bench rewrite

@@ -134,16 +134,65 @@ pub fn count_tokens_json(input_tokens: u64) -> Vec<u8> {
     to_vec(&serde_json::json!({ "input_tokens": input_tokens }))
 }
 
+/// Every event of a Messages stream. Internally tagged, so `type` comes first like Anthropic's.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent<'a> {
+    MessageStart {
+        message: Message<'a>,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: TextBlock<'a>,
+    },
+    Ping,
+    ContentBlockDelta {
+        index: u32,
+        delta: TextBlock<'a>,
+    },
+    ContentBlockStop {
+        index: u32,
+    },
+    MessageDelta {
+        delta: StopInfo<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<OutputUsage>,
+    },
+    MessageStop,
+    Error {
+        error: ErrorBody<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct StopInfo<'a> {
+    stop_reason: &'a str,
+    stop_sequence: Option<()>,
+}
+
+#[derive(Serialize)]
+struct OutputUsage {
+    output_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
 /// The Messages stream: message_start, content_block_start, ping, one content_block_delta per
 /// word, content_block_stop, message_delta (stop reason and output tokens), message_stop.
 pub fn message_stream(id: &str, model: &str, reply: &Reply, usage: Option<Usage>) -> Vec<Event> {
-    use serde_json::json;
+    use EventKind as K;
+    use StreamEvent as E;
     let start_usage = usage.map(|u| Usage {
         // Anthropic reports a token or so at the start and the real count in message_delta.
         output_tokens: u.output_tokens.min(1),
         ..u
     });
-    let start = Message {
+    let message = Message {
         id,
         kind: "message",
         role: "assistant",
@@ -153,34 +202,35 @@ pub fn message_stream(id: &str, model: &str, reply: &Reply, usage: Option<Usage>
         stop_sequence: None,
         usage: start_usage,
     };
+    let text = |kind, text| TextBlock { kind, text };
     let mut events = Vec::with_capacity(reply.chunks.len() + 6);
-    let start = json!({"type": "message_start", "message": start});
-    events.push(event(EventKind::Head, named("message_start", &start)));
-    let block = json!({"type": "content_block_start", "index": 0,
-                       "content_block": {"type": "text", "text": ""}});
-    events.push(event(EventKind::Head, named("content_block_start", &block)));
-    events.push(event(
-        EventKind::Head,
-        named("ping", &json!({"type": "ping"})),
-    ));
+    let mut push = |kind, name, e: &StreamEvent| events.push(event(kind, named(name, e)));
+    push(K::Head, "message_start", &E::MessageStart { message });
+    let block = E::ContentBlockStart {
+        index: 0,
+        content_block: text("text", ""),
+    };
+    push(K::Head, "content_block_start", &block);
+    push(K::Head, "ping", &E::Ping);
     for word in &reply.chunks {
-        let delta = json!({"type": "content_block_delta", "index": 0,
-                           "delta": {"type": "text_delta", "text": word}});
-        events.push(event(
-            EventKind::Content,
-            named("content_block_delta", &delta),
-        ));
+        let delta = E::ContentBlockDelta {
+            index: 0,
+            delta: text("text_delta", word),
+        };
+        push(K::Content, "content_block_delta", &delta);
     }
-    let stop = json!({"type": "content_block_stop", "index": 0});
-    events.push(event(EventKind::Finish, named("content_block_stop", &stop)));
-    let mut delta = json!({"type": "message_delta",
-                           "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null}});
-    if let Some(u) = usage {
-        delta["usage"] = json!({"output_tokens": u.output_tokens});
-    }
-    events.push(event(EventKind::Usage, named("message_delta", &delta)));
-    let stop = json!({"type": "message_stop"});
-    events.push(event(EventKind::Done, named("message_stop", &stop)));
+    push(K::Finish, "content_block_stop", &E::ContentBlockStop { index: 0 });
+    let delta = E::MessageDelta {
+        delta: StopInfo {
+            stop_reason: stop_reason(reply),
+            stop_sequence: None,
+        },
+        usage: usage.map(|u| OutputUsage {
+            output_tokens: u.output_tokens,
+        }),
+    };
+    push(K::Usage, "message_delta", &delta);
+    push(K::Done, "message_stop", &E::MessageStop);
     events
 }
 
@@ -193,27 +243,32 @@ pub fn error_type(status: u16) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
+        s if s < 500 => "invalid_request_error",
         _ => "api_error",
+    }
+}
+
+fn error_event(err: &ApiError) -> StreamEvent<'_> {
+    StreamEvent::Error {
+        error: ErrorBody {
+            kind: error_type(err.status),
+            message: &err.message,
+        },
     }
 }
 
 /// `{"type":"error","error":{"type","message"}}`.
 pub fn error_json(err: &ApiError) -> Vec<u8> {
-    to_vec(&serde_json::json!({
-        "type": "error",
-        "error": {"type": error_type(err.status), "message": err.message},
-    }))
+    to_vec(&error_event(err))
 }
 
 /// The same error as an `event: error` SSE event, how Anthropic fails mid-stream.
 pub fn error_sse(err: &ApiError) -> Bytes {
-    let json: Value = serde_json::from_slice(&error_json(err)).unwrap_or_default();
-    named("error", &json)
+    named("error", &error_event(err))
 }
 
 /// One SSE event with an `event:` name, as Anthropic sends them.
-fn named(name: &str, data: &Value) -> Bytes {
+fn named<T: Serialize>(name: &str, data: &T) -> Bytes {
     let json = to_vec(data);
     let mut out = Vec::with_capacity(json.len() + name.len() + 16);
     out.extend_from_slice(b"event: ");
@@ -294,6 +349,8 @@ mod tests {
         for (name, data) in &v {
             assert_eq!(&data["type"], name.as_str());
         }
+        let first = std::str::from_utf8(&events[0].bytes).unwrap();
+        assert!(first.starts_with("event: message_start\ndata: {\"type\":\"message_start\""));
         assert_eq!(v[0].1["message"]["usage"]["input_tokens"], 4);
         assert_eq!(v[4].1["delta"]["text"], " from");
         assert_eq!(v[6].1["delta"]["stop_reason"], "end_turn");
@@ -310,6 +367,8 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "overloaded_error");
         assert_eq!(v["error"]["message"], "busy");
+        // Field order as Anthropic sends it, for byte-level scanners.
+        assert!(error_json(&ApiError::for_status(400, "x")).starts_with(br#"{"type":"error""#));
         assert!(error_sse(&ApiError::for_status(500, "x")).starts_with(b"event: error\ndata: {"));
     }
 }

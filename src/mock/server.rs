@@ -1162,6 +1162,39 @@ mod tests {
     }
 
     #[test]
+    fn live_anthropic_and_gemini() {
+        let (addr, _) = start(MockState::new(Some("sk".into())));
+        let mut conn = Conn::open(&addr);
+        let body = br#"{"model":"claude-x","max_tokens":2,"stream":true,
+                        "messages":[{"role":"user","content":"hi"}]}"#;
+        let resp = conn.send("POST", "/v1/messages", &[("authorization", "Bearer sk")], body);
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.json()["error"]["type"], "authentication_error");
+        let resp = conn.send("POST", "/v1/messages", &[("x-api-key", "sk")], body);
+        assert_eq!(resp.status, 200);
+        let names: Vec<String> = resp
+            .chunks
+            .iter()
+            .map(|(_, c)| String::from_utf8_lossy(c).lines().next().unwrap().to_string())
+            .collect();
+        assert_eq!(names.len(), 8); // start, block start, ping, 2 deltas, stop, delta, stop
+        assert_eq!(names[7], "event: message_stop");
+
+        let path = "/v1beta/models/gemini-x:streamGenerateContent?alt=sse&key=sk";
+        let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+        let resp = conn.send("POST", path, &[("x-mock-words", "3")], body);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.chunks.len(), 4);
+        let last = &resp.chunks[3].1;
+        let v: serde_json::Value = serde_json::from_slice(&last[6..]).unwrap();
+        assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 3);
+        assert_eq!(v["modelVersion"], "gemini-x");
+        let resp = conn.send("POST", "/v1beta/models/g:generateContent", &[], body);
+        assert_eq!(resp.status, 403);
+        assert_eq!(resp.json()["error"]["status"], "PERMISSION_DENIED");
+    }
+
+    #[test]
     fn live_hang_closes_when_client_leaves() {
         let (addr, state) = start(MockState::default());
         let mut conn = Conn::open(&addr);
