@@ -4,7 +4,11 @@ CARGO ?= cargo
 VENV := tests/python/.venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test deps sys-deps py-deps build release unit integration sdk bench bench-criterion check clean
+## Development CA and server certificate in certs/ (never committed).
+certs:
+	scripts/gen-certs.sh certs
+
+.PHONY: certs run test deps sys-deps py-deps build release unit integration sdk bench bench-criterion check clean
 
 ## Start a working gateway: default config, embedded store in data/, in-process mock provider.
 run: sys-deps

@@ -1,1 +1,970 @@
-fn main() {}
+//! Whole-gateway load benchmark: the mock provider directly, a bare Pingora pass-through in
+//! front of it, and `tollgate serve` in front of it (JSON and streaming), all on loopback.
+//!
+//! Run: `make bench` (= `cargo bench --bench load`). Knobs (environment):
+//!
+//! - `LOAD_CONNS` (default 32): keep-alive connections per run.
+//! - `LOAD_SECS` (default 10): measured seconds per run, after a 2 s warm-up.
+//! - `LOAD_ACCESS_LOG` (default true) and `LOAD_GW_THREADS` (default 2): gateway variants for
+//!   investigating where time goes. A run with a non-default variant prints its table but does
+//!   not overwrite `benches/results.md`, which holds the standard measurement.
+//!
+//! The same binary doubles as the bare Pingora proxy: started with
+//! `--passthrough LISTEN UPSTREAM` it runs a `ProxyHttp` that only picks the peer. That is the
+//! baseline the gateway is held to (≥ 80% of its throughput): same Pingora version, same
+//! thread count, same upstream, nothing of the gateway's own work.
+//!
+//! The load generator is a small hand-rolled HTTP/1.1 client on a *single-threaded* tokio
+//! runtime. The machine this runs on has 2 cores shared by the load generator, the proxy under
+//! test (2 worker threads) and the mock (2 worker threads); one generator thread keeps the
+//! generator's share of the CPU bounded and equal across runs, so the proxies' differences
+//! show instead of scheduler noise. The flip side: the "mock directly" row can be limited by
+//! the generator itself, so read it as a ceiling of the setup, not of the mock.
+//!
+//! Every child process is killed when its guard drops (normal end and panics), and a watchdog
+//! kills them and exits if the whole run overruns its time budget. The exit status is non-zero
+//! only when the harness itself fails (a server does not start, setup requests fail, a run
+//! gets no successful response); a missed target is reported, not fatal.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The release-profile gateway binary Cargo built for this bench.
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const RESULTS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results.md");
+
+const ADMIN_TOKEN: &str = "load-bench-admin-token-0123456789";
+/// The mock requires this key, so every path (direct, pass-through, gateway) carries an
+/// `Authorization` header of similar size and the mock does the same work in each run.
+const PROVIDER_KEY: &str = "load-bench-upstream-key-0123456789";
+const MODEL: &str = "mock/echo-1";
+const UPSTREAM_MODEL: &str = "echo-1";
+
+const WARMUP: Duration = Duration::from_secs(2);
+/// Longest a single request may take before it counts as an error (keeps every run bounded).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
+const TARGET_OVERHEAD_P99_US: u32 = 150;
+const TARGET_IDLE_RSS_MB: f64 = 30.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // Child mode: the bare Pingora proxy. Checked first so nothing of the bench runs in it.
+    if let Some(i) = args.iter().position(|a| a == "--passthrough") {
+        let (Some(listen), Some(upstream)) = (args.get(i + 1), args.get(i + 2)) else {
+            eprintln!("usage: load --passthrough LISTEN UPSTREAM");
+            std::process::exit(2);
+        };
+        passthrough::run(listen, upstream);
+    }
+    // Any other argument (`cargo bench` passes `--bench`, and may pass filters) is ignored:
+    // this bench is one fixed scenario.
+    run_bench();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bare Pingora pass-through
+
+mod passthrough {
+    use async_trait::async_trait;
+    use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+    use pingora::server::configuration::ServerConf;
+    use pingora::server::Server;
+    use pingora::upstreams::peer::HttpPeer;
+    use std::net::SocketAddr;
+
+    /// Only chooses the peer; every other phase is Pingora's default.
+    struct Pass {
+        upstream: SocketAddr,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for Pass {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+            Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        }
+    }
+
+    pub fn run(listen: &str, upstream: &str) -> ! {
+        let upstream: SocketAddr = upstream.parse().expect("UPSTREAM must be ip:port");
+        // Same shape as the mock's server: our own conf so Pingora never parses argv, and a
+        // quick shutdown. Two threads, like the gateway in the bench.
+        let conf = ServerConf {
+            threads: 2,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..Default::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let mut service = http_proxy_service(&server.configuration, Pass { upstream });
+        service.add_tcp(listen);
+        server.add_service(service);
+        server.run_forever()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+struct Settings {
+    conns: usize,
+    secs: u64,
+    access_log: bool,
+    gw_threads: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => {
+                    v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not valid"))
+                }
+                _ => default,
+            }
+        }
+        let s = Settings {
+            conns: var("LOAD_CONNS", 32usize),
+            secs: var("LOAD_SECS", 10u64),
+            access_log: var("LOAD_ACCESS_LOG", true),
+            gw_threads: var("LOAD_GW_THREADS", 2usize),
+        };
+        assert!(s.conns > 0 && s.secs > 0, "LOAD_CONNS and LOAD_SECS must be positive");
+        s
+    }
+
+    /// The standard measurement (what `benches/results.md` records).
+    fn is_standard_variant(&self) -> bool {
+        self.access_log && self.gw_threads == 2
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// PIDs of live children, so the watchdog can kill them even though it cannot run destructors.
+static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A child process killed (and reaped) when dropped, including while unwinding from a panic.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, cmd: &mut Command, stderr_path: PathBuf) -> ChildGuard {
+        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        CHILD_PIDS.lock().unwrap().push(child.id());
+        ChildGuard { name, child, stderr_path }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until `port` accepts connections; fail fast (with its stderr) if the child died.
+    fn wait_for_port(&mut self, port: u16) {
+        let start = Instant::now();
+        while start.elapsed() < STARTUP_TIMEOUT {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited during startup ({status}); stderr:\n{}", self.name, self.stderr());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not open port {port} within {STARTUP_TIMEOUT:?}; stderr:\n{}", self.name, self.stderr());
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
+    }
+}
+
+/// A scratch directory removed when dropped (declared before the children, so dropped after).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tollgate-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kill every child and exit if the bench overruns `budget`: a hung run must not hang `make`.
+fn start_watchdog(budget: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("load bench: overran its {budget:?} budget; killing children");
+        let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        std::process::exit(3);
+    });
+}
+
+/// A port that was free a moment ago (the tiny race is acceptable on a bench machine).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Resident set size of `pid` in KiB, from /proc (Linux only).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+fn run_bench() {
+    let settings = Settings::from_env();
+    // Four runs of warm-up + measurement + the request timeout, plus startup and setup.
+    let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
+    start_watchdog(per_run * 4 + STARTUP_TIMEOUT * 3 + Duration::from_secs(60));
+
+    let tmp = TempDir::new();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("reqwest client");
+
+    // 1. The mock provider.
+    let mock_port = free_port();
+    let mut mock = ChildGuard::spawn(
+        "mock-upstream",
+        Command::new(BIN)
+            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{mock_port}")])
+            .args(["--api-key", PROVIDER_KEY])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        tmp.0.join("mock.stderr"),
+    );
+    mock.wait_for_port(mock_port);
+
+    // 2. The bare Pingora pass-through: this very binary in `--passthrough` mode.
+    let pass_port = free_port();
+    let me = std::env::current_exe().expect("current_exe");
+    let mut pass = ChildGuard::spawn(
+        "passthrough",
+        Command::new(me)
+            .arg("--passthrough")
+            .arg(format!("127.0.0.1:{pass_port}"))
+            .arg(format!("127.0.0.1:{mock_port}"))
+            .stdout(Stdio::null()),
+        tmp.0.join("passthrough.stderr"),
+    );
+    pass.wait_for_port(pass_port);
+
+    // 3. The gateway. Its access log stays on (a product feature whose cost we measure), but
+    //    goes to /dev/null so the terminal or a file system is not what we benchmark.
+    let gw_port = free_port();
+    let config_path = tmp.0.join("tollgate.toml");
+    std::fs::write(
+        &config_path,
+        gateway_config(gw_port, free_port(), &tmp.0.join("data"), mock_port, &settings),
+    )
+    .expect("write config");
+    let mut gw = ChildGuard::spawn(
+        "tollgate serve",
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TOLLGATE_BENCH_PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+        tmp.0.join("gateway.stderr"),
+    );
+    gw.wait_for_port(gw_port);
+    wait_ready(&http, gw_port, &gw);
+    let key = create_account_and_key(&http, gw_port);
+
+    // The four request shapes, checked once each so a broken setup fails here with a clear
+    // message instead of as a table full of errors.
+    let plain = json!({"model": UPSTREAM_MODEL, "messages": [{"role": "user", "content": "Hello"}]});
+    let gw_json = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello"}]});
+    let gw_stream = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "stream": true});
+    smoke(&http, mock_port, PROVIDER_KEY, &plain, false, false);
+    smoke(&http, pass_port, PROVIDER_KEY, &plain, false, false);
+    smoke(&http, gw_port, &key, &gw_json, false, true);
+    smoke(&http, gw_port, &key, &gw_stream, true, true);
+
+    // 4. Idle RSS: after startup and a short warm-up (a few dozen requests of each shape, so
+    //    lazily built state and buffer pools exist), then a pause so nothing is in flight.
+    for _ in 0..25 {
+        smoke(&http, gw_port, &key, &gw_json, false, true);
+        smoke(&http, gw_port, &key, &gw_stream, true, true);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss_kib = rss_kib(gw.pid()).expect("read the gateway's VmRSS from /proc");
+
+    // 5 & 6. The runs, one after another so they never share the CPU.
+    let targets = [
+        Target::new("mock directly", mock_port, PROVIDER_KEY, &plain, false, None),
+        Target::new("Pingora pass-through → mock", pass_port, PROVIDER_KEY, &plain, false, None),
+        Target::new("gateway → mock", gw_port, &key, &gw_json, false, Some(gw.pid())),
+        Target::new("gateway → mock, streaming", gw_port, &key, &gw_stream, true, Some(gw.pid())),
+    ];
+    let mut results = Vec::new();
+    for target in &targets {
+        eprintln!("load bench: {} ({} conns, {} s + {} s warm-up)…", target.name, settings.conns, settings.secs, WARMUP.as_secs());
+        let r = run_load(target, settings.conns, settings.secs);
+        if r.latencies_us.is_empty() {
+            panic!(
+                "run '{}' got no successful response ({} errors; first: {})",
+                target.name,
+                r.errors,
+                r.first_error.as_deref().unwrap_or("none")
+            );
+        }
+        if let Some(e) = &r.first_error {
+            eprintln!("load bench: {}: {} errors; first: {e}", target.name, r.errors);
+        }
+        results.push(r);
+    }
+    // The gateway must have survived the load (a crash would otherwise only show as errors).
+    if let Ok(Some(status)) = gw.child.try_wait() {
+        panic!("the gateway exited during the runs ({status}); stderr:\n{}", gw.stderr());
+    }
+
+    // 7. Report.
+    let report = render_report(&settings, idle_rss_kib, &results);
+    println!("\n{report}");
+    if settings.is_standard_variant() {
+        std::fs::write(RESULTS_PATH, &report).unwrap_or_else(|e| panic!("write {RESULTS_PATH}: {e}"));
+        eprintln!("load bench: wrote {RESULTS_PATH}");
+    } else {
+        eprintln!("load bench: non-default gateway variant; {RESULTS_PATH} left unchanged");
+    }
+    let _ = std::io::stdout().flush();
+    // Guards drop here: gateway, pass-through, mock, then the temp dir.
+    drop((gw, pass, mock, tmp));
+}
+
+fn gateway_config(port: u16, metrics_port: u16, data_dir: &Path, mock_port: u16, s: &Settings) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+data_dir = "{data}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+admin_token_env = "TOLLGATE_ADMIN_TOKEN"
+threads = {threads}
+grace_period_secs = 1
+reload_poll_ms = 1000
+access_log = {access_log}
+
+[providers.mock]
+kind = "mock"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+api_key_env = "TOLLGATE_BENCH_PROVIDER_KEY"
+
+[[models]]
+slug = "{MODEL}"
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}"
+context_length = 32768
+max_output_tokens = 4096
+input_per_mtok = 1.00
+output_per_mtok = 2.00
+"#,
+        data = data_dir.display(),
+        threads = s.gw_threads,
+        access_log = s.access_log,
+    )
+}
+
+fn wait_ready(http: &reqwest::blocking::Client, port: u16, gw: &ChildGuard) {
+    let start = Instant::now();
+    while start.elapsed() < STARTUP_TIMEOUT {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send() {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("gateway not ready within {STARTUP_TIMEOUT:?}; stderr:\n{}", gw.stderr());
+}
+
+/// An account with plenty of credit and one API key; returns the key.
+fn create_account_and_key(http: &reqwest::blocking::Client, port: u16) -> String {
+    let admin = |path: &str, body: Value| -> Value {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status();
+        let text = r.text().unwrap_or_default();
+        assert!(status.is_success(), "POST {path}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
+    };
+    let account = admin("/v1/admin/accounts", json!({"email": "load-bench@example.com"}));
+    let id = account["id"].as_u64().unwrap_or_else(|| panic!("no account id in {account}"));
+    admin(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "1000"}));
+    let key = admin(&format!("/v1/admin/accounts/{id}/keys"), json!({"name": "load"}));
+    key["key"].as_str().unwrap_or_else(|| panic!("no key in {key}")).to_string()
+}
+
+/// One request through reqwest; panics unless it succeeds (and streams to `[DONE]`).
+fn smoke(http: &reqwest::blocking::Client, port: u16, key: &str, body: &Value, stream: bool, gateway: bool) {
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .unwrap_or_else(|e| panic!("smoke request to port {port}: {e}"));
+    let status = r.status();
+    let has_overhead = r.headers().contains_key("x-tollgate-overhead-us");
+    let text = r.text().unwrap_or_default();
+    assert!(status.is_success(), "smoke request to port {port}: {status}: {text}");
+    assert!(!gateway || has_overhead, "gateway response without X-Tollgate-Overhead-Us");
+    assert!(!stream || text.contains("data: [DONE]"), "stream without data: [DONE]: {text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The whole request (head and body), built once and written as is on every request.
+    request: Arc<[u8]>,
+    stream: bool,
+    /// The gateway's pid, for the RSS sample under load.
+    rss_pid: Option<u32>,
+}
+
+impl Target {
+    fn new(name: &'static str, port: u16, key: &str, body: &Value, stream: bool, rss_pid: Option<u32>) -> Target {
+        let body = body.to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\n\
+             Host: 127.0.0.1:{port}\r\n\
+             Authorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\n\
+             Accept: */*\r\n\
+             Content-Length: {}\r\n\
+             \r\n\
+             {body}",
+            body.len()
+        );
+        Target {
+            name,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            request: request.into_bytes().into(),
+            stream,
+            rss_pid,
+        }
+    }
+}
+
+struct RunResult {
+    name: &'static str,
+    secs: f64,
+    /// Successful requests' latencies in µs, sorted.
+    latencies_us: Vec<u32>,
+    /// `X-Tollgate-Overhead-Us` of successful requests, sorted (empty off the gateway).
+    overhead_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+    rss_kib: Option<u64>,
+}
+
+#[derive(Default)]
+struct ConnStats {
+    latencies_us: Vec<u32>,
+    overhead_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl ConnStats {
+    fn error(&mut self, what: impl FnOnce() -> String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+}
+
+fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
+    // One thread: see the module docs. A fresh runtime per run so nothing carries over.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let start = Instant::now();
+        let measure_from = start + WARMUP;
+        let measure_to = measure_from + Duration::from_secs(secs);
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                tokio::spawn(connection_loop(
+                    target.addr,
+                    target.request.clone(),
+                    target.stream,
+                    measure_from,
+                    measure_to,
+                ))
+            })
+            .collect();
+        // RSS under load: sampled just before the window closes, while every connection is busy.
+        let rss_kib = match target.rss_pid {
+            Some(pid) => {
+                let at = measure_to - Duration::from_millis(100);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                rss_kib(pid)
+            }
+            None => None,
+        };
+        let mut all = ConnStats::default();
+        for t in tasks {
+            let s = t.await.expect("connection task panicked");
+            all.latencies_us.extend_from_slice(&s.latencies_us);
+            all.overhead_us.extend_from_slice(&s.overhead_us);
+            all.errors += s.errors;
+            if all.first_error.is_none() {
+                all.first_error = s.first_error;
+            }
+        }
+        all.latencies_us.sort_unstable();
+        all.overhead_us.sort_unstable();
+        RunResult {
+            name: target.name,
+            secs: secs as f64,
+            latencies_us: all.latencies_us,
+            overhead_us: all.overhead_us,
+            errors: all.errors,
+            first_error: all.first_error,
+            rss_kib,
+        }
+    })
+}
+
+/// One keep-alive connection sending requests back to back until `measure_to`. Only requests
+/// that start and finish inside [measure_from, measure_to] count, so warm-up and the requests
+/// cut off at the end are left out of both throughput and latency.
+async fn connection_loop(
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    stream: bool,
+    measure_from: Instant,
+    measure_to: Instant,
+) -> ConnStats {
+    let mut stats = ConnStats::default();
+    stats.latencies_us.reserve(64 * 1024);
+    let mut conn: Option<Conn> = None;
+    let mut resp = Response::default();
+    loop {
+        let t0 = Instant::now();
+        if t0 >= measure_to {
+            break;
+        }
+        let in_window = |t1: Instant| t0 >= measure_from && t1 <= measure_to;
+        if conn.is_none() {
+            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    // Requests are written in one piece; Nagle would only add delay.
+                    let _ = s.set_nodelay(true);
+                    conn = Some(Conn::new(s));
+                }
+                Ok(Err(e)) => {
+                    if in_window(Instant::now()) {
+                        stats.error(|| format!("connect: {e}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(_) => {
+                    if in_window(Instant::now()) {
+                        stats.error(|| "connect: timeout".to_string());
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, c.exchange(&request, &mut resp)).await;
+        let t1 = Instant::now();
+        match outcome {
+            Ok(Ok(())) => {
+                if !resp.keep_alive {
+                    conn = None;
+                }
+                if !in_window(t1) {
+                    continue;
+                }
+                let ok = (200..300).contains(&resp.status);
+                let done = !stream || memchr::memmem::find(&resp.body, b"data: [DONE]").is_some();
+                if ok && done {
+                    stats.latencies_us.push(micros(t1 - t0));
+                    if let Some(o) = resp.overhead_us {
+                        stats.overhead_us.push(o);
+                    }
+                } else if !ok {
+                    let body = String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)]).into_owned();
+                    stats.error(|| format!("HTTP {}: {body}", resp.status));
+                } else {
+                    stats.error(|| "stream ended without data: [DONE]".to_string());
+                }
+            }
+            Ok(Err(e)) => {
+                conn = None;
+                if in_window(t1) {
+                    stats.error(|| format!("I/O: {e}"));
+                }
+            }
+            Err(_) => {
+                conn = None;
+                if in_window(t1) {
+                    stats.error(|| format!("no full response within {REQUEST_TIMEOUT:?}"));
+                }
+            }
+        }
+    }
+    stats
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+/// What the client keeps of a response. Reused across requests: `body` keeps its capacity,
+/// so the steady state allocates nothing per request.
+#[derive(Default)]
+struct Response {
+    status: u16,
+    keep_alive: bool,
+    overhead_us: Option<u32>,
+    body: Vec<u8>,
+}
+
+/// How the response body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// No body by definition (1xx, 204, 304).
+    Empty,
+    /// HTTP/1.0 style: the body ends when the server closes the connection.
+    UntilClose,
+}
+
+/// A client connection with its read buffer (bytes received but not yet parsed).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn { stream, buf: BytesMut::with_capacity(64 * 1024) }
+    }
+
+    /// Read more bytes into the buffer; EOF is an error (a response was still expected).
+    async fn fill(&mut self) -> std::io::Result<()> {
+        // `reserve` reclaims the already-consumed front of the buffer when it can, so this
+        // does not allocate in the steady state.
+        self.buf.reserve(16 * 1024);
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Index of the next CRLF in the buffer, reading more until there is one.
+    async fn line_end(&mut self) -> std::io::Result<usize> {
+        loop {
+            if let Some(i) = memchr::memmem::find(&self.buf, b"\r\n") {
+                return Ok(i);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Send one request and read its whole response into `resp`.
+    async fn exchange(&mut self, request: &[u8], resp: &mut Response) -> std::io::Result<()> {
+        self.stream.write_all(request).await?;
+        resp.body.clear();
+
+        let head_len = loop {
+            if let Some(i) = memchr::memmem::find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let framing = parse_head(&self.buf[..head_len], resp)?;
+        self.buf.advance(head_len);
+
+        match framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                while self.buf.len() < n {
+                    self.fill().await?;
+                }
+                resp.body.extend_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+            }
+            Framing::Chunked => loop {
+                let end = self.line_end().await?;
+                let size = parse_chunk_size(&self.buf[..end])?;
+                self.buf.advance(end + 2);
+                if size == 0 {
+                    // Trailers (normally none), up to the empty line.
+                    loop {
+                        let end = self.line_end().await?;
+                        self.buf.advance(end + 2);
+                        if end == 0 {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                while self.buf.len() < size + 2 {
+                    self.fill().await?;
+                }
+                resp.body.extend_from_slice(&self.buf[..size]);
+                self.buf.advance(size + 2);
+            },
+            Framing::UntilClose => {
+                loop {
+                    self.buf.reserve(16 * 1024);
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        break;
+                    }
+                }
+                resp.body.extend_from_slice(&self.buf);
+                self.buf.clear();
+                resp.keep_alive = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_data(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Status line and the few headers the client cares about; everything else is skipped.
+fn parse_head(head: &[u8], resp: &mut Response) -> std::io::Result<Framing> {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().ok_or_else(|| bad_data("empty response head"))?;
+    // "HTTP/1.1 200 OK"
+    if status_line.len() < 12 || !status_line.starts_with(b"HTTP/1.") {
+        return Err(bad_data("bad status line"));
+    }
+    resp.status = std::str::from_utf8(&status_line[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad_data("bad status code"))?;
+    resp.keep_alive = status_line[7] == b'1';
+    resp.overhead_us = None;
+
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(parse_decimal(value).ok_or_else(|| bad_data("bad content-length"))? as usize);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case(b"chunked") || value.ends_with(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if value.eq_ignore_ascii_case(b"close") {
+                resp.keep_alive = false;
+            } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                resp.keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case(b"x-tollgate-overhead-us") {
+            resp.overhead_us = parse_decimal(value).map(|v| v.min(u32::MAX as u64) as u32);
+        }
+    }
+    Ok(if matches!(resp.status, 100..=199 | 204 | 304) {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v = 0u64;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
+    }
+    Some(v)
+}
+
+/// "1a3" or "1a3;ext=..." → 0x1a3.
+fn parse_chunk_size(line: &[u8]) -> std::io::Result<usize> {
+    let hex = line.split(|&b| b == b';').next().unwrap_or(line).trim_ascii();
+    if hex.is_empty() {
+        return Err(bad_data("empty chunk size"));
+    }
+    hex.iter().try_fold(0usize, |acc, &b| {
+        let d = (b as char).to_digit(16).ok_or_else(|| bad_data("bad chunk size"))?;
+        acc.checked_mul(16)
+            .and_then(|v| v.checked_add(d as usize))
+            .ok_or_else(|| bad_data("chunk size overflow"))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+/// Nearest-rank percentile of a sorted slice.
+fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn rps(r: &RunResult) -> f64 {
+    r.latencies_us.len() as f64 / r.secs
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> String {
+    let opt = |v: Option<u32>| v.map_or("–".to_string(), |v| v.to_string());
+    let mut out = String::new();
+    out.push_str("# Tollgate load benchmark (latest measurement)\n\n");
+    out.push_str(&format!(
+        "Date: {} · LOAD_CONNS={} · LOAD_SECS={} (+{} s warm-up) · {} CPU cores · gateway threads={} · access_log={}\n\n",
+        utc_now(),
+        s.conns,
+        s.secs,
+        WARMUP.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        s.gw_threads,
+        s.access_log,
+    ));
+    out.push_str(
+        "Each request is `{\"model\":…,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}` \
+         (plus `\"stream\":true` in the streaming run) over keep-alive HTTP/1.1 on 127.0.0.1, from \
+         one single-threaded tokio client on the same machine (so the mock-direct row is bounded \
+         by the client too). Latency is client-side, request write to last body byte; overhead \
+         is the gateway's own `X-Tollgate-Overhead-Us` (upstream time excluded). \
+         `make bench` regenerates this file.\n\n",
+    );
+    out.push_str("| Run | Requests/s | p50 µs | p99 µs | Errors | Overhead p50 µs | Overhead p99 µs | RSS under load MB |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            rps(r),
+            opt(percentile(&r.latencies_us, 0.50)),
+            opt(percentile(&r.latencies_us, 0.99)),
+            r.errors,
+            opt(percentile(&r.overhead_us, 0.50)),
+            opt(percentile(&r.overhead_us, 0.99)),
+            r.rss_kib.map_or("–".to_string(), |k| format!("{:.1}", mb(k))),
+        ));
+    }
+
+    // Targets. Results are in run order: mock, pass-through, gateway, gateway streaming.
+    let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let (pt, gw, gws) = (&results[1], &results[2], &results[3]);
+    let ratio = rps(gw) / rps(pt);
+    let p99 = |r: &RunResult| percentile(&r.overhead_us, 0.99);
+    let worst_p99 = p99(gw).into_iter().chain(p99(gws)).max();
+    let idle_mb = mb(idle_rss_kib);
+    out.push_str("\n## Targets\n\n");
+    out.push_str(&format!(
+        "- {} — gateway throughput ≥ {:.0}% of the bare Pingora pass-through (non-streaming): {:.0} vs {:.0} req/s = {:.1}%\n",
+        pass(ratio >= TARGET_THROUGHPUT_RATIO),
+        TARGET_THROUGHPUT_RATIO * 100.0,
+        rps(gw),
+        rps(pt),
+        ratio * 100.0,
+    ));
+    out.push_str(&format!(
+        "- {} — p99 X-Tollgate-Overhead-Us ≤ {TARGET_OVERHEAD_P99_US} µs: {} µs (JSON), {} µs (streaming)\n",
+        pass(worst_p99.is_some_and(|v| v <= TARGET_OVERHEAD_P99_US)),
+        opt(p99(gw)),
+        opt(p99(gws)),
+    ));
+    out.push_str(&format!(
+        "- {} — gateway idle RSS ≤ {TARGET_IDLE_RSS_MB:.0} MB: {idle_mb:.1} MB\n",
+        pass(idle_mb <= TARGET_IDLE_RSS_MB),
+    ));
+    out
+}
+
+/// "YYYY-MM-DD HH:MM UTC" without a date crate (civil-from-days, Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}

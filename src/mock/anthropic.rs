@@ -219,7 +219,11 @@ pub fn message_stream(id: &str, model: &str, reply: &Reply, usage: Option<Usage>
         };
         push(K::Content, "content_block_delta", &delta);
     }
-    push(K::Finish, "content_block_stop", &E::ContentBlockStop { index: 0 });
+    push(
+        K::Finish,
+        "content_block_stop",
+        &E::ContentBlockStop { index: 0 },
+    );
     let delta = E::MessageDelta {
         delta: StopInfo {
             stop_reason: stop_reason(reply),

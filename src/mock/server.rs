@@ -1167,7 +1167,12 @@ mod tests {
         let mut conn = Conn::open(&addr);
         let body = br#"{"model":"claude-x","max_tokens":2,"stream":true,
                         "messages":[{"role":"user","content":"hi"}]}"#;
-        let resp = conn.send("POST", "/v1/messages", &[("authorization", "Bearer sk")], body);
+        let resp = conn.send(
+            "POST",
+            "/v1/messages",
+            &[("authorization", "Bearer sk")],
+            body,
+        );
         assert_eq!(resp.status, 401);
         assert_eq!(resp.json()["error"]["type"], "authentication_error");
         let resp = conn.send("POST", "/v1/messages", &[("x-api-key", "sk")], body);
@@ -1175,7 +1180,13 @@ mod tests {
         let names: Vec<String> = resp
             .chunks
             .iter()
-            .map(|(_, c)| String::from_utf8_lossy(c).lines().next().unwrap().to_string())
+            .map(|(_, c)| {
+                String::from_utf8_lossy(c)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(names.len(), 8); // start, block start, ping, 2 deltas, stop, delta, stop
         assert_eq!(names[7], "event: message_stop");

@@ -12,3 +12,4 @@ mod proxying;
 mod reload;
 mod routes;
 mod streaming;
+mod tls;
