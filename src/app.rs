@@ -4,6 +4,7 @@
 use crate::billing::keys::KeyRing;
 use crate::billing::ledger::Ledger;
 use crate::config::ConfigHandle;
+use crate::limits::{calendar, KeyRateLimiter, SpendCaps};
 use crate::proxy::access_log::AccessLog;
 use crate::store::records::AccountRecord;
 use crate::store::writer::StoreWriter;
@@ -22,6 +23,10 @@ pub struct App {
     /// Account records by id (emails, markup, suspension); small and read-mostly.
     pub accounts: RwLock<HashMap<u64, AccountRecord>>,
     pub access_log: AccessLog,
+    /// Per-key requests per minute.
+    pub rate: KeyRateLimiter,
+    /// Per-key daily and monthly spend, settled plus held by requests in flight.
+    pub caps: SpendCaps,
     ready: AtomicBool,
 }
 
@@ -37,6 +42,11 @@ impl App {
         let ledger = Ledger::new(&state, writer.clone(), ids.clone());
         let keys = KeyRing::from_records(&state.keys);
         let accounts = state.accounts.iter().map(|a| (a.id, a.clone())).collect();
+        // Spend caps count this UTC month's charges (the daily cap is a subset of it).
+        let now = crate::store::now_secs();
+        let month_start = month_start_secs(now);
+        let caps = SpendCaps::new();
+        caps.seed(store.generation_costs_since(month_start)?.into_iter(), now);
         Ok(App {
             config,
             store,
@@ -46,6 +56,8 @@ impl App {
             ids,
             accounts: RwLock::new(accounts),
             access_log: AccessLog::start(cfg.server.access_log),
+            rate: KeyRateLimiter::new(),
+            caps,
             ready: AtomicBool::new(false),
         })
     }
@@ -70,4 +82,11 @@ impl App {
     pub fn put_account(&self, record: AccountRecord) {
         self.accounts.write().unwrap_or_else(|p| p.into_inner()).insert(record.id, record);
     }
+}
+
+/// Unix seconds of the first instant of the UTC month containing `now`.
+fn month_start_secs(now: u64) -> u64 {
+    let date = calendar::civil_from_days(calendar::day_index(now) as i64);
+    let days = calendar::days_from_civil(date.year, date.month, 1);
+    days.max(0) as u64 * calendar::SECS_PER_DAY
 }

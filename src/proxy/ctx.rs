@@ -5,6 +5,7 @@ use crate::api::error::ApiError;
 use crate::billing::keys::KeyEntry;
 use crate::billing::ledger::Reservation;
 use crate::config::{Config, Model, Provider};
+use crate::limits::{RateDecision, SpendHold};
 use crate::metering::stream::OpenAiStreamMeter;
 use crate::metering::usage::Usage;
 use bytes::BytesMut;
@@ -38,6 +39,8 @@ pub struct Inference {
     /// Length of the rewritten body sent upstream.
     pub upstream_body_len: usize,
     pub reservation: Option<Reservation>,
+    /// The key's spend-cap hold for the same worst case.
+    pub spend_hold: Option<SpendHold>,
 }
 
 pub struct RequestCtx {
@@ -68,6 +71,8 @@ pub struct RequestCtx {
     /// Microseconds spent inside the gateway, upstream time excluded (as of the header).
     pub overhead_us: u64,
     pub stream_started: bool,
+    /// The key's rate-limit state, for the X-RateLimit-* headers.
+    pub rate: Option<RateDecision>,
     /// Route label for metrics: a fixed word, never a raw path.
     pub route_label: &'static str,
     /// Counts this request for the SIGTERM drain until the ctx is dropped.
@@ -97,6 +102,7 @@ impl RequestCtx {
             upstream_end: None,
             overhead_us: 0,
             stream_started: false,
+            rate: None,
             route_label: "other",
             _in_flight: crate::server::InFlight::enter(),
         }

@@ -271,6 +271,24 @@ impl Gateway {
     ) -> std::result::Result<(), api::Reply> {
         let key = local::authenticate_key(&self.app, session, ctx).map_err(api::Reply::from)?;
         ctx.key = Some(key.clone());
+        ctx.generation_id = crate::store::new_generation_id();
+        // Refused before the body is even read: the cheapest answer to a flood.
+        if let Some(limit) = key.rate_limit_rpm {
+            let decision = self.app.rate.check(key.id, limit, Instant::now());
+            ctx.rate = Some(decision);
+            if !decision.allowed {
+                let mut e = ApiError::new(
+                    429,
+                    "rate_limit_exceeded",
+                    format!(
+                        "this key allows {limit} requests per minute; retry in {} s",
+                        decision.retry_after_secs
+                    ),
+                );
+                e.retry_after = Some(decision.retry_after_secs);
+                return Err(e.into());
+            }
+        }
 
         let limit = ctx.config.server.max_body_bytes;
         let body = read_body(session, limit).await.map_err(api::Reply::from)?;
@@ -297,6 +315,23 @@ impl Gateway {
             model.output_per_mtok,
             markup,
         );
+        let spend_hold = self
+            .app
+            .caps
+            .reserve(&key, worst, crate::store::now_secs())
+            .map_err(|cap| {
+                api::Reply::from(ApiError::new(
+                    402,
+                    "spend_cap_exceeded",
+                    format!(
+                        "this key's {} spend cap of {} USD is reached ({} USD spent or in flight); it resets at unix time {}",
+                        cap.period,
+                        crate::billing::money::format_usd(cap.cap),
+                        crate::billing::money::format_usd(cap.spent),
+                        cap.resets_at
+                    ),
+                ))
+            })?;
         let reservation = self
             .app
             .ledger
@@ -310,7 +345,6 @@ impl Gateway {
                 )))
             })?;
 
-        ctx.generation_id = crate::store::new_generation_id();
         let add_usage = info.stream && !info.include_usage;
         let rewritten = openai::rewrite_chat_request(&body, &model.upstream_model, add_usage);
         let upstream_body_len = rewritten.len();
@@ -324,6 +358,7 @@ impl Gateway {
             request_bytes: body.len(),
             upstream_body_len,
             reservation: Some(reservation),
+            spend_hold: Some(spend_hold),
         });
         Ok(())
     }

@@ -116,6 +116,11 @@ pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()>
         resp.insert_header("x-generation-id", ctx.generation_id.as_str())?;
     }
     resp.insert_header("x-tollgate-overhead-us", ctx.overhead_us.to_string())?;
+    if let Some(rate) = &ctx.rate {
+        resp.insert_header("x-ratelimit-limit", rate.limit.to_string())?;
+        resp.insert_header("x-ratelimit-remaining", rate.remaining.to_string())?;
+        resp.insert_header("x-ratelimit-reset", rate.reset_secs.to_string())?;
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub struct Settled {
 pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
     let Some(inf) = ctx.inference.as_mut() else { return Settled::default() };
     let reservation = inf.reservation.take();
+    let spend_hold = inf.spend_hold.take();
     let Some(key) = ctx.key.clone() else { return Settled::default() };
 
     // A stream's usage comes from its meter; a stream cut before usage arrived is estimated
@@ -102,10 +103,14 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             metrics::TOKENS.with_label_values(&[labels[0], labels[1], "output"]).inc_by(usage.completion_tokens);
             metrics::COST.with_label_values(&labels).inc_by(cost.max(0) as u64);
             app.ledger.settle(reservation, cost, record);
+            if let Some(hold) = spend_hold {
+                app.caps.settle(hold, cost, crate::store::now_secs());
+            }
             Settled { usage, cost, billed: true, estimated: ctx.usage_estimated }
         }
         (_, _, reservation) => {
-            drop(reservation); // released: nothing is charged
+            // Released: nothing is charged, nothing counts against the caps.
+            drop((reservation, spend_hold));
             if ctx.upstream_start.is_some() {
                 record.error = ctx
                     .error

@@ -269,6 +269,25 @@ impl Store {
         Ok(out)
     }
 
+    /// `(key_id, total_cost_nano, created_at)` of every generation created at or after
+    /// `since_secs`, for rebuilding spend-cap counters at startup. Generation ids begin with
+    /// the creation time in unpadded hex milliseconds, which keeps them in time order (the
+    /// width only grows in the year 2527), so this reads a range, not the whole table.
+    pub fn generation_costs_since(&self, since_secs: u64) -> Result<Vec<(u64, Nano, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let generations = txn.open_table(GENERATIONS)?;
+        let start = format!("gen-{:x}", since_secs.saturating_mul(1000));
+        let mut out = Vec::new();
+        for row in generations.range(start.as_str()..)? {
+            let (_, v) = row?;
+            let g: GenerationRecord = decode(v.value(), "generation")?;
+            if g.created_at >= since_secs && g.total_cost_nano != 0 {
+                out.push((g.key_id, g.total_cost_nano, g.created_at));
+            }
+        }
+        Ok(out)
+    }
+
     /// A generation by Tollgate's id ("gen-…") or, failing that, by the upstream body id
     /// ("chatcmpl-…"). If two upstream responses shared a body id, the latest one wins.
     pub fn get_generation(

@@ -8,6 +8,7 @@ mod billing;
 mod bodies;
 mod errors;
 mod lifecycle;
+mod limits;
 mod proxying;
 mod reload;
 mod routes;
