@@ -114,7 +114,13 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(status);
         if let Some(inf) = ctx.inference.as_ref() {
             let ok = (200..300).contains(&status);
-            ctx.body_mode = match (ok, inf.stream) {
+            // A provider that answers a stream request with plain JSON gets its JSON rewritten
+            // rather than fed to the SSE decoder, which would drop it.
+            let is_sse = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            ctx.body_mode = match (ok, inf.stream && is_sse) {
                 (true, true) => {
                     metrics::ACTIVE_STREAMS.inc();
                     ctx.stream_started = true;

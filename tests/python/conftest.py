@@ -64,7 +64,6 @@ class Stack:
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-sdk-"))
         self.mock_port = free_port()
         self.port = free_port()
-        self.procs = []
         self.procs.append(
             subprocess.Popen(
                 [BIN, "mock-upstream", "--listen", f"127.0.0.1:{self.mock_port}", "--api-key", PROVIDER_KEY],
@@ -133,14 +132,19 @@ output_per_mtok = 1
         for p in self.procs:
             p.kill()
             p.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if getattr(self, "dir", None):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def stack():
-    s = Stack()
-    yield s
-    s.close()
+    s = Stack.__new__(Stack)
+    s.procs = []
+    try:
+        s.__init__()
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture
