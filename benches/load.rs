@@ -249,6 +249,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// CPU time (user + system) `pid` has used so far, from /proc/<pid>/stat (Linux only).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is parenthesised and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In USER_HZ ticks, which Linux fixes at 100 per second for user space.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Resident set size of `pid` in KiB, from /proc (Linux only).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -343,11 +356,12 @@ fn run_bench() {
     let idle_rss_kib = rss_kib(gw.pid()).expect("read the gateway's VmRSS from /proc");
 
     // 5 & 6. The runs, one after another so they never share the CPU.
+    let (mock_pid, pass_pid, gw_pid) = (mock.pid(), pass.pid(), gw.pid());
     let targets = [
-        Target::new("mock directly", mock_port, PROVIDER_KEY, &plain, false, None),
-        Target::new("Pingora pass-through → mock", pass_port, PROVIDER_KEY, &plain, false, None),
-        Target::new("gateway → mock", gw_port, &key, &gw_json, false, Some(gw.pid())),
-        Target::new("gateway → mock, streaming", gw_port, &key, &gw_stream, true, Some(gw.pid())),
+        Target::new("mock directly", mock_port, PROVIDER_KEY, &plain, false, None, mock_pid),
+        Target::new("Pingora pass-through → mock", pass_port, PROVIDER_KEY, &plain, false, Some(pass_pid), mock_pid),
+        Target::new("gateway → mock", gw_port, &key, &gw_json, false, Some(gw_pid), mock_pid),
+        Target::new("gateway → mock, streaming", gw_port, &key, &gw_stream, true, Some(gw_pid), mock_pid),
     ];
     let mut results = Vec::new();
     for target in &targets {
@@ -477,12 +491,21 @@ struct Target {
     /// The whole request (head and body), built once and written as is on every request.
     request: Arc<[u8]>,
     stream: bool,
-    /// The gateway's pid, for the RSS sample under load.
-    rss_pid: Option<u32>,
+    /// The proxy in the path (pass-through or gateway), for its CPU per request and RSS.
+    proxy_pid: Option<u32>,
+    mock_pid: u32,
 }
 
 impl Target {
-    fn new(name: &'static str, port: u16, key: &str, body: &Value, stream: bool, rss_pid: Option<u32>) -> Target {
+    fn new(
+        name: &'static str,
+        port: u16,
+        key: &str,
+        body: &Value,
+        stream: bool,
+        proxy_pid: Option<u32>,
+        mock_pid: u32,
+    ) -> Target {
         let body = body.to_string();
         let request = format!(
             "POST /v1/chat/completions HTTP/1.1\r\n\
@@ -500,7 +523,8 @@ impl Target {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             request: request.into_bytes().into(),
             stream,
-            rss_pid,
+            proxy_pid,
+            mock_pid,
         }
     }
 }
@@ -514,7 +538,12 @@ struct RunResult {
     overhead_us: Vec<u32>,
     errors: u64,
     first_error: Option<String>,
+    /// The proxy's RSS at the end of the window (pass-through and gateway runs).
     rss_kib: Option<u64>,
+    /// CPU time per successful request, in µs, of the proxy and of the mock: where the two
+    /// cores went, which is what explains a throughput gap between the proxies.
+    proxy_cpu_us: Option<f64>,
+    mock_cpu_us: Option<f64>,
 }
 
 #[derive(Default)]
@@ -555,15 +584,15 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
                 ))
             })
             .collect();
-        // RSS under load: sampled just before the window closes, while every connection is busy.
-        let rss_kib = match target.rss_pid {
-            Some(pid) => {
-                let at = measure_to - Duration::from_millis(100);
-                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-                rss_kib(pid)
-            }
-            None => None,
-        };
+        // CPU used by the servers over the window, and RSS under load: sampled at the window's
+        // start and just before it closes, while every connection is busy.
+        let cpu = |pid: Option<u32>| pid.and_then(cpu_time);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
+        let (proxy0, mock0, t0) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), Instant::now());
+        tokio::time::sleep_until(tokio::time::Instant::from_std(measure_to - Duration::from_millis(100))).await;
+        let (proxy1, mock1, t1) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), Instant::now());
+        // The pass-through's RSS too: the baseline for the gateway's.
+        let rss_kib = target.proxy_pid.and_then(rss_kib);
         let mut all = ConnStats::default();
         for t in tasks {
             let s = t.await.expect("connection task panicked");
@@ -576,6 +605,14 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
         }
         all.latencies_us.sort_unstable();
         all.overhead_us.sort_unstable();
+        // Requests completed while CPU was sampled, estimated from the window's mean rate.
+        let sampled_requests = all.latencies_us.len() as f64 / secs as f64 * (t1 - t0).as_secs_f64();
+        let per_request = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) if sampled_requests > 0.0 => {
+                Some(b.saturating_sub(a).as_secs_f64() * 1e6 / sampled_requests)
+            }
+            _ => None,
+        };
         RunResult {
             name: target.name,
             secs: secs as f64,
@@ -584,6 +621,8 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
             errors: all.errors,
             first_error: all.first_error,
             rss_kib,
+            proxy_cpu_us: per_request(proxy0, proxy1),
+            mock_cpu_us: per_request(mock0, mock1),
         }
     })
 }
@@ -908,11 +947,15 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
          is the gateway's own `X-Tollgate-Overhead-Us` (upstream time excluded). \
          `make bench` regenerates this file.\n\n",
     );
-    out.push_str("| Run | Requests/s | p50 µs | p99 µs | Errors | Overhead p50 µs | Overhead p99 µs | RSS under load MB |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| Run | Requests/s | p50 µs | p99 µs | Errors | Overhead p50 µs | Overhead p99 µs \
+         | RSS under load MB | Proxy CPU µs/req | Mock CPU µs/req |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let cpu = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
     for r in results {
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             rps(r),
             opt(percentile(&r.latencies_us, 0.50)),
@@ -921,6 +964,8 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
             opt(percentile(&r.overhead_us, 0.50)),
             opt(percentile(&r.overhead_us, 0.99)),
             r.rss_kib.map_or("–".to_string(), |k| format!("{:.1}", mb(k))),
+            cpu(r.proxy_cpu_us),
+            cpu(r.mock_cpu_us),
         ));
     }
 

@@ -13,3 +13,37 @@ pub mod usage;
 pub use sse::{SseDecoder, SseError, SseEvent};
 pub use stream::OpenAiStreamMeter;
 pub use usage::Usage;
+
+/// What the proxy needs from a streamed response's handler, whatever the provider's wire
+/// format: OpenAI chunks are rewritten in place ([`OpenAiStreamMeter`]); other formats are
+/// translated into OpenAI chunks as they arrive (`providers::anthropic`, `providers::gemini`).
+pub trait StreamMeter: Send + Sync {
+    /// Consume upstream bytes; append to `out` what the client must receive now.
+    fn on_bytes(&mut self, input: &[u8], out: &mut bytes::BytesMut);
+    /// The upstream body ended; flush anything pending.
+    fn on_end(&mut self, out: &mut bytes::BytesMut);
+    /// Usage as the provider reported it, once it has.
+    fn usage(&self) -> Option<Usage>;
+    /// The response's id as the client sees it (e.g. `chatcmpl-…`).
+    fn response_id(&self) -> Option<&str>;
+    /// Completion tokens estimated from what was produced, for streams without usage.
+    fn estimated_completion_tokens(&self) -> u64;
+}
+
+impl StreamMeter for OpenAiStreamMeter {
+    fn on_bytes(&mut self, input: &[u8], out: &mut bytes::BytesMut) {
+        OpenAiStreamMeter::on_bytes(self, input, out)
+    }
+    fn on_end(&mut self, out: &mut bytes::BytesMut) {
+        OpenAiStreamMeter::on_end(self, out)
+    }
+    fn usage(&self) -> Option<Usage> {
+        OpenAiStreamMeter::usage(self)
+    }
+    fn response_id(&self) -> Option<&str> {
+        OpenAiStreamMeter::response_id(self)
+    }
+    fn estimated_completion_tokens(&self) -> u64 {
+        OpenAiStreamMeter::estimated_completion_tokens(self)
+    }
+}

@@ -217,7 +217,7 @@ mod tests {
     }
 
     const USAGE: Usage =
-        Usage { prompt_tokens: 1205, completion_tokens: 9, cached_prompt_tokens: 1024 };
+        Usage { prompt_tokens: 1205, completion_tokens: 9, cached_prompt_tokens: 1024, cache_write_tokens: 0 };
 
     #[test]
     fn recorded_stream_any_split() {
@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(meter.generated_chars(), 5 + 3 + 7 + 2 + 3);
         assert_eq!(
             meter.usage(),
-            Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_prompt_tokens: 0 })
+            Some(Usage { prompt_tokens: 3, completion_tokens: 4, cached_prompt_tokens: 0, ..Default::default() })
         );
     }
 

@@ -2,12 +2,14 @@
 
 /// Tokens one generation consumed. `cached_prompt_tokens` is the part of `prompt_tokens` served
 /// from the provider's prompt cache (already included in `prompt_tokens`, usually billed at a
-/// lower rate).
+/// lower rate). `cache_write_tokens` is the part of `prompt_tokens` written to the cache
+/// (Anthropic's `cache_creation_input_tokens`, usually billed at a higher rate).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_prompt_tokens: u64,
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
@@ -28,9 +30,9 @@ mod tests {
 
     #[test]
     fn totals_saturate() {
-        let u = Usage { prompt_tokens: 10, completion_tokens: 5, cached_prompt_tokens: 4 };
+        let u = Usage { prompt_tokens: 10, completion_tokens: 5, cached_prompt_tokens: 4, ..Default::default() };
         assert_eq!((u.total_tokens(), u.uncached_prompt_tokens()), (15, 6));
-        let odd = Usage { prompt_tokens: 1, completion_tokens: u64::MAX, cached_prompt_tokens: 9 };
+        let odd = Usage { prompt_tokens: 1, completion_tokens: u64::MAX, cached_prompt_tokens: 9, ..Default::default() };
         assert_eq!((odd.total_tokens(), odd.uncached_prompt_tokens()), (u64::MAX, 0));
     }
 }

@@ -588,6 +588,7 @@ impl UsageWire {
                 .prompt_tokens_details
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -945,7 +946,7 @@ mod tests {
         );
         assert_eq!(
             usage,
-            Some(Usage { prompt_tokens: 19, completion_tokens: 10, cached_prompt_tokens: 3 })
+            Some(Usage { prompt_tokens: 19, completion_tokens: 10, cached_prompt_tokens: 3, ..Default::default() })
         );
 
         let (out, usage) = rewrite_chat_response(br#"{"model":"m","usage":null}"#, "s");

@@ -6,7 +6,7 @@ use crate::billing::keys::KeyEntry;
 use crate::billing::ledger::Reservation;
 use crate::config::{Config, Model, Provider};
 use crate::limits::{RateDecision, SpendHold};
-use crate::metering::stream::OpenAiStreamMeter;
+use crate::metering::StreamMeter;
 use crate::metering::usage::Usage;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub enum BodyMode {
     #[default]
     Untouched,
     /// A 2xx SSE stream: rewritten and metered chunk by chunk, never held back.
-    Stream(Box<OpenAiStreamMeter>),
+    Stream(Box<dyn StreamMeter>),
     /// A 2xx JSON completion: collected, then rewritten and metered once whole.
     Json(BytesMut),
     /// A provider error: collected, then answered in the contract's shape.

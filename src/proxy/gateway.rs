@@ -383,7 +383,7 @@ impl Gateway {
                         ctx.usage = Some(Usage {
                             prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
                             completion_tokens: estimate::tokens_from_chars(buf.len() as u64),
-                            cached_prompt_tokens: 0,
+                            ..Default::default()
                         });
                         ctx.usage_estimated = true;
                     }

@@ -39,7 +39,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
                 ctx.usage = Some(Usage {
                     prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
                     completion_tokens: meter.estimated_completion_tokens(),
-                    cached_prompt_tokens: 0,
+                    ..Default::default()
                 });
                 ctx.usage_estimated = true;
             }
