@@ -2,5 +2,7 @@
 //!
 //! Everything here is pure: bytes in, bytes out. The proxy decides when to call it.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod json_scan;
 pub mod openai;
