@@ -58,6 +58,9 @@
 //! Anthropic adds later is skipped (logged at debug level) rather than failing the response.
 //! Output that is malformed beyond that becomes a [`TranslateError`] (a 502 for the client) or,
 //! mid-stream, an OpenAI-style error event that ends the stream.
+/// The Messages API version every request is sent with (`anthropic-version` header).
+pub const API_VERSION: &str = "2023-06-01";
+
 
 use std::borrow::Cow;
 use std::fmt;

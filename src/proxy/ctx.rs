@@ -30,8 +30,10 @@ pub enum BodyMode {
 pub struct Inference {
     pub model: Arc<Model>,
     pub provider: Arc<Provider>,
-    /// `/chat/completions` etc., appended to the provider's path prefix.
-    pub endpoint: &'static str,
+    /// Appended to the provider's path prefix: `/chat/completions`, `/messages`, …
+    pub endpoint: String,
+    /// Anthropic JSON mode (see `proxy::wire`).
+    pub json_mode: bool,
     pub stream: bool,
     /// The client asked for `stream_options.include_usage` itself.
     pub client_wants_usage: bool,

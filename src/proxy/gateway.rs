@@ -17,7 +17,6 @@ use super::{access_log, local, read_body::read_body, upstream_error};
 use crate::api::error::{self, ApiError};
 use crate::api::{self, Endpoint, Route};
 use crate::app::App;
-use crate::metering::stream::OpenAiStreamMeter;
 use crate::metering::{estimate, usage::Usage};
 use crate::metrics;
 use crate::providers::openai;
@@ -124,9 +123,11 @@ impl ProxyHttp for Gateway {
                 (true, true) => {
                     metrics::ACTIVE_STREAMS.inc();
                     ctx.stream_started = true;
-                    // Strip the usage-only chunk only when the gateway asked for it itself.
-                    let meter = OpenAiStreamMeter::new(&inf.model.slug, !inf.client_wants_usage);
-                    BodyMode::Stream(Box::new(meter))
+                    BodyMode::Stream(super::wire::stream_meter(
+                        inf.provider.kind,
+                        &inf.model.slug,
+                        inf.client_wants_usage,
+                    ))
                 }
                 (true, false) => BodyMode::Json(BytesMut::new()),
                 (false, _) => BodyMode::Error(BytesMut::new()),
@@ -351,14 +352,16 @@ impl Gateway {
                 )))
             })?;
 
-        let add_usage = info.stream && !info.include_usage;
-        let rewritten = openai::rewrite_chat_request(&body, &model.upstream_model, add_usage);
-        let upstream_body_len = rewritten.len();
-        ctx.replay = Some(ReplaySlot::install(session, Bytes::from(rewritten)));
+        let upstream = super::wire::chat_request(provider.kind, &body, &info, &model)
+            .map_err(api::Reply::from)?;
+        let upstream_body_len = upstream.body.len();
+        ctx.replay = Some(ReplaySlot::install(session, Bytes::from(upstream.body)));
+        let _ = endpoint;
         ctx.inference = Some(Inference {
             model,
             provider,
-            endpoint: endpoint.upstream_path(),
+            endpoint: upstream.path,
+            json_mode: upstream.json_mode,
             stream: info.stream,
             client_wants_usage: info.include_usage,
             request_bytes: body.len(),
@@ -374,9 +377,21 @@ impl Gateway {
         let Some(inf) = ctx.inference.as_ref() else { return Bytes::new() };
         match std::mem::take(&mut ctx.body_mode) {
             BodyMode::Json(buf) => {
-                let (out, usage) = openai::rewrite_chat_response(&buf, &inf.model.slug);
-                ctx.body_id = openai::response_id(&out);
-                match usage {
+                let kind = inf.provider.kind;
+                let completion = match super::wire::chat_response(kind, &buf, &inf.model.slug, inf.json_mode) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The header (2xx) is already on its way; the body says what failed
+                        // and nothing is charged.
+                        ctx.upstream_status = Some(502);
+                        let body = e.body();
+                        ctx.error = Some(e);
+                        return body;
+                    }
+                };
+                let out = completion.body;
+                ctx.body_id = completion.id;
+                match completion.usage {
                     Some(u) => ctx.usage = Some(u),
                     None => {
                         // No usage reported: count what we can see, and say so.

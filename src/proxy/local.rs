@@ -4,7 +4,8 @@
 use super::ctx::RequestCtx;
 use super::read_body::read_body;
 use crate::api::error::ApiError;
-use crate::api::{account, admin, catalog, Reply, Route};
+use crate::api::auth::{self, Principal};
+use crate::api::{account, admin, byok, catalog, keys, me, usage, Reply, Route};
 use crate::app::App;
 use crate::billing::keys::KeyEntry;
 use pingora::http::ResponseHeader;
@@ -32,9 +33,24 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
             Ok(key) => account::credits(app, &key),
             Err(e) => Err(e),
         },
-        Route::AdminAccounts | Route::AdminAccount(_) | Route::AdminCredits(_) | Route::AdminKeys(_) => {
-            admin_route(app, session, ctx, route).await
-        }
+        Route::AuthRegister | Route::AuthLogin => auth_route(app, session, ctx, route).await,
+        Route::Me
+        | Route::Usage
+        | Route::KeysList
+        | Route::KeysCreate
+        | Route::KeyUpdate(_)
+        | Route::KeyRevoke(_)
+        | Route::ByokList
+        | Route::ByokPut(_)
+        | Route::ByokDelete(_) => account_route(app, session, ctx, route).await,
+        Route::AdminAccounts
+        | Route::AdminAccountList
+        | Route::AdminAccount(_)
+        | Route::AdminAccountUpdate(_)
+        | Route::AdminCredits(_)
+        | Route::AdminKeys(_)
+        | Route::AdminAudit
+        | Route::AdminRecomputeTiers => admin_route(app, session, ctx, route).await,
         Route::NotFound => Err(ApiError::not_found(format!(
             "no route for {} {}",
             session.req_header().method,
@@ -50,18 +66,65 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
     result.unwrap_or_else(|e| Reply::error(&e))
 }
 
+/// A request body for the methods that carry one; GET and DELETE read none.
+async fn local_body(session: &mut Session) -> Result<bytes::Bytes, ApiError> {
+    let method = &session.req_header().method;
+    if *method == http::Method::GET || *method == http::Method::DELETE {
+        return Ok(bytes::Bytes::new());
+    }
+    read_body(session, LOCAL_BODY_LIMIT).await
+}
+
 async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
     admin::authorize(&ctx.config, header_str(session, "authorization").as_deref())?;
-    let body = match route {
-        Route::AdminAccount(_) => bytes::Bytes::new(),
-        _ => read_body(session, LOCAL_BODY_LIMIT).await?,
-    };
+    let body = local_body(session).await?;
+    let query = session.req_header().uri.query();
+    let config = &ctx.config;
     match route {
         Route::AdminAccounts => admin::create_account(app, &body).await,
-        Route::AdminAccount(id) => admin::get_account(app, id),
+        Route::AdminAccountList => admin::list_accounts(app, config, query),
+        Route::AdminAccount(id) => admin::get_account(app, config, id),
+        Route::AdminAccountUpdate(id) => admin::update_account(app, config, id, &body).await,
         Route::AdminCredits(id) => admin::grant_credits(app, id, &body).await,
-        Route::AdminKeys(id) => admin::create_key(app, &ctx.config, id, &body).await,
+        Route::AdminKeys(id) => admin::create_key(app, config, id, &body).await,
+        Route::AdminAudit => crate::api::audit::list(app, query),
+        Route::AdminRecomputeTiers => admin::recompute_tiers(app, &body).await,
         _ => Err(ApiError::internal("not an admin route")),
+    }
+}
+
+/// `/auth/*`: no credentials, rate limited by client address (the TCP peer; a reverse proxy
+/// in front of the gateway would make every client one address).
+async fn auth_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
+    let addr = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let body = local_body(session).await?;
+    match route {
+        Route::AuthRegister => auth::register(app, &ctx.config, addr, &body).await,
+        Route::AuthLogin => auth::login(app, &ctx.config, addr, &body).await,
+        _ => Err(ApiError::internal("not an auth route")),
+    }
+}
+
+/// Routes of a login token's account (or of `?account_id=` with the admin token). API keys
+/// are refused.
+async fn account_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
+    let who = auth::principal(app, &ctx.config, header_str(session, "authorization").as_deref())?;
+    let body = local_body(session).await?;
+    let query = session.req_header().uri.query();
+    let config = &ctx.config;
+    // Routes on a key by id find its account from the key; the others from the caller.
+    let account = |who: &Principal| who.account(app, query);
+    match route {
+        Route::Me => me::me(app, config, account(&who)?),
+        Route::Usage => usage::usage(app, account(&who)?, query),
+        Route::KeysList => keys::list(app, account(&who)?),
+        Route::KeysCreate => keys::create(app, config, &who, account(&who)?, &body).await,
+        Route::KeyUpdate(id) => keys::update(app, &who, id, &body).await,
+        Route::KeyRevoke(id) => keys::revoke(app, &who, id).await,
+        Route::ByokList => byok::list(app, config, account(&who)?),
+        Route::ByokPut(provider) => byok::put(app, config, &who, account(&who)?, &provider, &body).await,
+        Route::ByokDelete(provider) => byok::delete(app, config, &who, account(&who)?, &provider).await,
+        _ => Err(ApiError::internal("not an account route")),
     }
 }
 
@@ -99,9 +162,16 @@ pub fn authenticate_key(app: &App, session: &Session, ctx: &mut RequestCtx) -> R
             "invalid API key"
         }));
     }
+    let now = crate::store::now_secs();
     match app.keys.lookup(token) {
         Some(key) if key.is_revoked() => Err(ApiError::invalid_api_key("this API key has been revoked")),
+        Some(key) if key.is_expired(now) => Err(ApiError::invalid_api_key("this API key has expired")),
+        // Checked on every request (one read-locked map probe), so suspension is immediate.
+        Some(key) if app.account_suspended(key.account_id) => {
+            Err(ApiError::invalid_api_key("the account of this API key is suspended"))
+        }
         Some(key) => {
+            key.touch(now);
             ctx.key = Some(key.clone());
             Ok(key)
         }

@@ -11,5 +11,6 @@ pub mod resolve;
 pub mod settle;
 pub mod upstream_error;
 pub mod upstream_headers;
+pub mod wire;
 
 pub use gateway::Gateway;

@@ -29,6 +29,7 @@ const DROPPED: &[&str] = &[
     "content-length",
     "host",
     "x-platform",
+    "anthropic-version",
 ];
 
 pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Result<()> {
@@ -55,6 +56,9 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
     req.insert_header(http::header::HOST, up.authority.as_str())?;
     req.insert_header(http::header::CONTENT_LENGTH, inf.upstream_body_len.to_string())?;
     req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    if inf.provider.kind == ProviderKind::Anthropic {
+        req.insert_header("anthropic-version", crate::providers::anthropic::API_VERSION)?;
+    }
     if let Some(key) = inf.provider.api_key.as_deref() {
         match inf.provider.kind {
             ProviderKind::OpenAi | ProviderKind::Mock => {
