@@ -8,6 +8,8 @@
 //! - `LOAD_ACCESS_LOG` (default true) and `LOAD_GW_THREADS` (default 2): gateway variants for
 //!   investigating where time goes. A run with a non-default variant prints its table but does
 //!   not overwrite `benches/results.md`, which holds the standard measurement.
+//! - `TMPDIR` (read by `std::env::temp_dir`) decides where the gateway's store lives. Leave it
+//!   unset for the standard run: /tmp is on the real disk, so the store's fsyncs are counted.
 //!
 //! The same binary doubles as the bare Pingora proxy: started with
 //! `--passthrough LISTEN UPSTREAM` it runs a `ProxyHttp` that only picks the peer. That is the
@@ -262,6 +264,16 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Busy CPU time of the whole machine so far (all cores; idle and iowait excluded).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    let busy = f.iter().take(8).sum::<u64>().checked_sub(f.get(3)? + f.get(4)?)?;
+    Some(Duration::from_millis(busy * 10))
+}
+
 /// Resident set size of `pid` in KiB, from /proc (Linux only).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -374,6 +386,9 @@ fn run_bench() {
                 r.errors,
                 r.first_error.as_deref().unwrap_or("none")
             );
+        }
+        if let Some(other) = r.other_cpu_percent.filter(|p| *p > 15.0) {
+            eprintln!("load bench: {}: other processes used {other:.0}% of a core meanwhile; numbers are noisy", target.name);
         }
         if let Some(e) = &r.first_error {
             eprintln!("load bench: {}: {} errors; first: {e}", target.name, r.errors);
@@ -544,6 +559,9 @@ struct RunResult {
     /// cores went, which is what explains a throughput gap between the proxies.
     proxy_cpu_us: Option<f64>,
     mock_cpu_us: Option<f64>,
+    /// CPU used during the window by processes outside this bench (other builds or tests on
+    /// a shared machine), in % of one core. Large values mean the run is not trustworthy.
+    other_cpu_percent: Option<f64>,
 }
 
 #[derive(Default)]
@@ -587,10 +605,20 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
         // CPU used by the servers over the window, and RSS under load: sampled at the window's
         // start and just before it closes, while every connection is busy.
         let cpu = |pid: Option<u32>| pid.and_then(cpu_time);
+        let me = Some(std::process::id());
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
-        let (proxy0, mock0, t0) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), Instant::now());
+        let (proxy0, mock0, me0, busy0) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), cpu(me), machine_busy());
+        let t0 = Instant::now();
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_to - Duration::from_millis(100))).await;
-        let (proxy1, mock1, t1) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), Instant::now());
+        let (proxy1, mock1, me1, busy1) = (cpu(target.proxy_pid), cpu(Some(target.mock_pid)), cpu(me), machine_busy());
+        let t1 = Instant::now();
+        let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        let ours = [delta(proxy0, proxy1), delta(mock0, mock1), delta(me0, me1)]
+            .into_iter()
+            .flatten()
+            .sum::<Duration>();
+        let other_cpu_percent = delta(busy0, busy1)
+            .map(|busy| busy.saturating_sub(ours).as_secs_f64() / (t1 - t0).as_secs_f64() * 100.0);
         // The pass-through's RSS too: the baseline for the gateway's.
         let rss_kib = target.proxy_pid.and_then(rss_kib);
         let mut all = ConnStats::default();
@@ -623,6 +651,7 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
             rss_kib,
             proxy_cpu_us: per_request(proxy0, proxy1),
             mock_cpu_us: per_request(mock0, mock1),
+            other_cpu_percent,
         }
     })
 }
@@ -944,18 +973,20 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
          (plus `\"stream\":true` in the streaming run) over keep-alive HTTP/1.1 on 127.0.0.1, from \
          one single-threaded tokio client on the same machine (so the mock-direct row is bounded \
          by the client too). Latency is client-side, request write to last body byte; overhead \
-         is the gateway's own `X-Tollgate-Overhead-Us` (upstream time excluded). \
-         `make bench` regenerates this file.\n\n",
+         is the gateway's own `X-Tollgate-Overhead-Us` (upstream time excluded). CPU µs/req is \
+         the proxy's and the mock's user+system CPU over the window divided by the requests served; \
+         Other CPU % is what processes outside the bench used meanwhile (in % of one core; high \
+         values mean a noisy run). `make bench` regenerates this file.\n\n",
     );
     out.push_str(
         "| Run | Requests/s | p50 µs | p99 µs | Errors | Overhead p50 µs | Overhead p99 µs \
-         | RSS under load MB | Proxy CPU µs/req | Mock CPU µs/req |\n",
+         | RSS under load MB | Proxy CPU µs/req | Mock CPU µs/req | Other CPU % |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let cpu = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
     for r in results {
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             rps(r),
             opt(percentile(&r.latencies_us, 0.50)),
@@ -966,6 +997,7 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
             r.rss_kib.map_or("–".to_string(), |k| format!("{:.1}", mb(k))),
             cpu(r.proxy_cpu_us),
             cpu(r.mock_cpu_us),
+            cpu(r.other_cpu_percent),
         ));
     }
 

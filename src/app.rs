@@ -1,17 +1,26 @@
 //! Everything shared by the request path: the live config, the store and its writer, the
 //! in-memory balances and keys, and the access log. Built once at startup.
 
+use crate::api::password::Passwords;
+use crate::billing::byok::ByokVault;
 use crate::billing::keys::KeyRing;
 use crate::billing::ledger::Ledger;
-use crate::config::ConfigHandle;
-use crate::limits::{calendar, KeyRateLimiter, SpendCaps};
+use crate::billing::money::Nano;
+use crate::billing::tiers::{self, TierBook};
+use crate::config::{Config, ConfigHandle};
+use crate::limits::login::LoginLimiter;
+use crate::limits::{calendar, CapExceeded, KeyRateLimiter, SpendCaps, SpendHold, TokenRateLimiter};
 use crate::proxy::access_log::AccessLog;
 use crate::store::records::AccountRecord;
-use crate::store::writer::StoreWriter;
+use crate::store::writer::{StoreWriter, WriteOp};
 use crate::store::{IdCounters, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How often keys' last-used times are flushed to the store.
+const KEY_FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 
 pub struct App {
     pub config: Arc<ConfigHandle>,
@@ -25,8 +34,25 @@ pub struct App {
     pub access_log: AccessLog,
     /// Per-key requests per minute.
     pub rate: KeyRateLimiter,
-    /// Per-key daily and monthly spend, settled plus held by requests in flight.
+    /// Per-key daily and monthly spend, settled plus held by requests in flight; and every
+    /// account's monthly spend, for account caps.
     pub caps: SpendCaps,
+    /// Per-key tokens per minute.
+    pub tpm: TokenRateLimiter,
+    /// Every account's 30-day spend, for markup tiers.
+    pub tiers: TierBook,
+    /// Accounts' own provider keys, decrypted.
+    pub byok: ByokVault,
+    /// argon2id hashing off the worker threads.
+    pub passwords: Passwords,
+    /// Login and registration attempts per address and email.
+    pub login_limits: LoginLimiter,
+    /// Serialises read-modify-write changes of account and key records (admin and
+    /// self-service), each held across its durable write: two concurrent changes of one
+    /// record can neither lose one another nor un-revoke a key. Rare, so one lock is enough.
+    pub mutations: tokio::sync::Mutex<()>,
+    /// Lower-cased email → account id.
+    emails: RwLock<HashMap<String, u64>>,
     ready: AtomicBool,
 }
 
@@ -41,12 +67,25 @@ impl App {
         let writer = Arc::new(store.start_writer());
         let ledger = Ledger::new(&state, writer.clone(), ids.clone());
         let keys = KeyRing::from_records(&state.keys);
-        let accounts = state.accounts.iter().map(|a| (a.id, a.clone())).collect();
-        // Spend caps count this UTC month's charges (the daily cap is a subset of it).
+        for entry in keys.entries() {
+            if let Some(&at) = state.key_last_used.get(&entry.id) {
+                entry.touch(at);
+                entry.flushed_last_used.store(at, Ordering::Relaxed);
+            }
+        }
+        let accounts: HashMap<u64, AccountRecord> = state.accounts.iter().map(|a| (a.id, a.clone())).collect();
+        let emails = accounts.values().map(|a| (a.email.to_ascii_lowercase(), a.id)).collect();
+        // Spend caps count this UTC month's charges (the daily cap is a subset of it), read
+        // from the usage rollups (a few rows per account and day, not every generation).
         let now = crate::store::now_secs();
-        let month_start = month_start_secs(now);
         let caps = SpendCaps::new();
-        caps.seed(store.generation_costs_since(month_start)?.into_iter(), now);
+        let charges = store.costs_since_day(accounts.keys().copied(), calendar::month_start_day(now))?;
+        caps.seed(charges.iter().map(|&(_, key, at, cost)| (key, cost, at)), now);
+        caps.seed_accounts(charges.iter().map(|&(account, _, at, cost)| (account, cost, at)), now);
+        let tiers = TierBook::new();
+        let (first, last) = tiers::window(now);
+        tiers.replace(store.cost_by_account(accounts.keys().copied(), first, last)?, now);
+        let byok = ByokVault::load(&state.byok, cfg.server.byok_key.as_ref());
         Ok(App {
             config,
             store,
@@ -58,6 +97,13 @@ impl App {
             access_log: AccessLog::start(cfg.server.access_log),
             rate: KeyRateLimiter::new(),
             caps,
+            tpm: TokenRateLimiter::new(),
+            tiers,
+            byok,
+            passwords: Passwords::new(),
+            login_limits: LoginLimiter::new(),
+            mutations: tokio::sync::Mutex::new(()),
+            emails: RwLock::new(emails),
             ready: AtomicBool::new(false),
         })
     }
@@ -75,18 +121,127 @@ impl App {
     }
 
     pub fn account_by_email(&self, email: &str) -> Option<AccountRecord> {
-        let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        accounts.values().find(|a| a.email.eq_ignore_ascii_case(email)).cloned()
+        let id = *self.emails.read().unwrap_or_else(|p| p.into_inner()).get(&email.trim().to_ascii_lowercase())?;
+        self.account(id)
     }
 
     pub fn put_account(&self, record: AccountRecord) {
-        self.accounts.write().unwrap_or_else(|p| p.into_inner()).insert(record.id, record);
+        let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        let mut emails = self.emails.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = accounts.get(&record.id) {
+            emails.remove(&old.email.to_ascii_lowercase());
+        }
+        emails.insert(record.email.to_ascii_lowercase(), record.id);
+        accounts.insert(record.id, record);
     }
-}
 
-/// Unix seconds of the first instant of the UTC month containing `now`.
-fn month_start_secs(now: u64) -> u64 {
-    let date = calendar::civil_from_days(calendar::day_index(now) as i64);
-    let days = calendar::days_from_civil(date.year, date.month, 1);
-    days.max(0) as u64 * calendar::SECS_PER_DAY
+    // ---- Called by the proxy on the request path: each is a lock-free or read-locked lookup.
+
+    /// Whether the account is suspended (its keys are refused with 401). Unknown accounts
+    /// read as not suspended; they cannot have keys.
+    pub fn account_suspended(&self, account_id: u64) -> bool {
+        let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        accounts.get(&account_id).is_some_and(|a| a.suspended)
+    }
+
+    /// The markup the account pays now, in basis points: its operator-set override, else the
+    /// tier of its 30-day spend in the live config's ladder, else
+    /// `billing.default_markup_percent`.
+    pub fn markup_bps(&self, account_id: u64) -> u32 {
+        self.markup_bps_in(&self.config.pin(), account_id)
+    }
+
+    /// [`markup_bps`](Self::markup_bps) against a given (the request's pinned) config.
+    pub fn markup_bps_in(&self, config: &Config, account_id: u64) -> u32 {
+        self.markup(config, account_id).0
+    }
+
+    /// The markup in basis points and where it comes from: "override", "tier" or "default".
+    pub fn markup(&self, config: &Config, account_id: u64) -> (u32, &'static str) {
+        let override_bps = {
+            let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+            accounts.get(&account_id).and_then(|a| a.markup_override_bps)
+        };
+        if let Some(bps) = override_bps {
+            return (bps, "override");
+        }
+        match tiers::tier_for(&config.billing.tiers, self.tiers.spend_30d(account_id)) {
+            Some(t) => (t.markup_bps, "tier"),
+            None => (config.billing.default_markup_bps, "default"),
+        }
+    }
+
+    /// Holds `amount` (the request's worst case, nano-USD) against the account's monthly cap,
+    /// or refuses with what to put in a 402 `spend_cap_exceeded`. Settle the hold with
+    /// `app.caps.settle(hold, cost, now_secs)` or drop it to release (as for a key's hold).
+    /// Every account is counted, capped or not, so a cap set later applies at once.
+    pub fn reserve_account(&self, account_id: u64, amount: Nano, now_secs: u64) -> Result<SpendHold, CapExceeded> {
+        let cap = {
+            let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+            accounts.get(&account_id).and_then(|a| a.monthly_cap_nano)
+        };
+        self.caps.reserve_account(account_id, cap, amount, now_secs)
+    }
+
+    /// The account's own key for `provider` (a `[providers.NAME]` name), decrypted; None when
+    /// it has none (or BYOK is disabled). Never log it.
+    pub fn byok_key(&self, account_id: u64, provider: &str) -> Option<String> {
+        self.byok.get(account_id, provider)
+    }
+
+    // ---- Background work (started from the server's housekeeping service).
+
+    /// Starts the periodic work on the current tokio runtime: flushing keys' last-used times
+    /// every 15 s and recomputing markup tiers every `billing.tier_recompute_secs`.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            app.passwords.warm().await;
+            let mut last_tiers = std::time::Instant::now();
+            let mut tick = tokio::time::interval(KEY_FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                app.flush_key_usage();
+                let every = Duration::from_secs(app.config.pin().billing.tier_recompute_secs);
+                if last_tiers.elapsed() >= every {
+                    last_tiers = std::time::Instant::now();
+                    match app.recompute_tiers(crate::store::now_secs()).await {
+                        Ok(n) => log::info!("tiers: recomputed for {n} accounts"),
+                        Err(e) => log::error!("tiers: recompute failed: {e}"),
+                    }
+                }
+            }
+        });
+    }
+
+    /// Writes the last-used time of every key used since the previous flush, in one op
+    /// (nothing when no key was used). Never waits.
+    pub fn flush_key_usage(&self) {
+        let mut changed = Vec::new();
+        for entry in self.keys.entries() {
+            let at = entry.last_used_secs();
+            if at > entry.flushed_last_used.swap(at, Ordering::Relaxed) {
+                changed.push((entry.id, at));
+            }
+        }
+        if !changed.is_empty() {
+            self.writer.submit(WriteOp::TouchKeys(changed));
+        }
+    }
+
+    /// Recomputes every account's 30-day spend as of `now_secs` from the usage rollups (one
+    /// range read per account, on the blocking pool) and swaps it in. Returns the number of
+    /// accounts.
+    pub async fn recompute_tiers(&self, now_secs: u64) -> Result<usize, StoreError> {
+        let ids: Vec<u64> = self.accounts.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let (first, last) = tiers::window(now_secs);
+        let store = self.store.clone();
+        let spend = tokio::task::spawn_blocking(move || store.cost_by_account(ids, first, last))
+            .await
+            .map_err(|e| StoreError(format!("tier recompute task: {e}")))??;
+        let n = spend.len();
+        self.tiers.replace(spend, now_secs);
+        Ok(n)
+    }
 }

@@ -119,6 +119,7 @@ struct Housekeeping {
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.app.set_ready();
+        self.app.spawn_background(); // last-used flush, tier recompute (app.rs)
         tokio::select! {
             _ = config::reload::watch(self.app.config.clone(), self.poll) => {}
             _ = shutdown.changed() => {}

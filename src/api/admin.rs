@@ -1,13 +1,13 @@
 //! `/admin/*`: the operator's routes, behind `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`.
 //! Disabled (401 for everything) when the token variable is unset.
 
+use super::auth::{self, Principal};
 use super::error::ApiError;
-use super::{parse_json, Reply};
+use super::{audit, me, parse_json, query_param, Reply};
 use crate::app::App;
-use crate::billing::keys::{self, KeyEntry};
 use crate::billing::money::{self, usd_json, Nano};
 use crate::config::Config;
-use crate::store::records::{AccountRecord, KeyRecord};
+use crate::store::records::AccountRecord;
 use crate::store::writer::WriteOp;
 use serde_json::{json, Value};
 
@@ -37,70 +37,120 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0 && a.len() == b.len()
 }
 
-fn store_failed(e: String) -> ApiError {
+pub(crate) fn store_failed(e: String) -> ApiError {
     log::error!("durable write failed: {e}");
     ApiError::internal("the store could not record this change; nothing was applied")
 }
 
-/// `POST /admin/accounts {email, password?}` → 201 `{id, email}`.
+/// `POST /admin/accounts {email, password?}` → 201 `{id, email}`; a password is hashed
+/// (argon2id) so the account can log in.
 pub async fn create_account(app: &App, body: &[u8]) -> Result<Reply, ApiError> {
     let v = parse_json(body)?;
-    let email = v.get("email").and_then(Value::as_str).map(str::trim).unwrap_or("");
-    if email.is_empty() || !email.contains('@') || email.len() > 254 {
-        return Err(ApiError::invalid_request("'email' must be an email address").with_param("email"));
-    }
-    if v.get("password").is_some_and(|p| !p.is_string() && !p.is_null()) {
-        return Err(ApiError::invalid_request("'password' must be a string").with_param("password"));
-    }
-    if app.account_by_email(email).is_some() {
-        return Err(ApiError::new(409, "account_exists", format!("an account for {email} already exists")));
-    }
-    let record = AccountRecord {
-        id: app.ids.next_account_id(),
-        email: email.to_string(),
-        created_at: crate::store::now_secs(),
-        markup_bps: 0,
-        suspended: false,
-        // Login (and its argon2id hashing) is part of self-service accounts; an operator-set
-        // password is not stored until then.
-        password_hash: None,
-    };
-    // In memory first: if this request is cancelled after the commit, the account is still
-    // known (a zero balance for an id that never committed is harmless).
-    app.ledger.add_account(record.id);
-    app.writer.submit_durable(WriteOp::InsertAccount(record.clone())).await.map_err(store_failed)?;
-    app.put_account(record.clone());
+    let email = auth::parse_email(&v)?;
+    let password = auth::parse_password(&v)?;
+    let record = auth::create_account(app, email, password, Some(Principal::Admin)).await?;
     Ok(Reply::json(201, &json!({"id": record.id, "email": record.email})))
 }
 
-/// `GET /admin/accounts/{id}`: account, balance, keys (redacted).
-pub fn get_account(app: &App, id: u64) -> Result<Reply, ApiError> {
+/// `GET /admin/accounts?q=&limit=&offset=`: accounts whose email contains `q`
+/// (case-insensitive), by id, with `total` for paging.
+pub fn list_accounts(app: &App, config: &Config, query: Option<&str>) -> Result<Reply, ApiError> {
+    let number = |name: &str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match query_param(query, name) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| ApiError::invalid_request(format!("'{name}' must be an integer up to {max}")).with_param(name)),
+        }
+    };
+    let limit = number("limit", 50, 1000)?;
+    let offset = number("offset", 0, usize::MAX)?;
+    let q = query_param(query, "q").unwrap_or_default().trim().to_ascii_lowercase();
+    let mut matches: Vec<AccountRecord> = {
+        let accounts = app.accounts.read().unwrap_or_else(|p| p.into_inner());
+        accounts.values().filter(|a| q.is_empty() || a.email.to_ascii_lowercase().contains(&q)).cloned().collect()
+    };
+    matches.sort_by_key(|a| a.id);
+    let total = matches.len();
+    let data: Vec<Value> = matches.iter().skip(offset).take(limit).map(|a| me::account_json(app, config, a)).collect();
+    Ok(Reply::json(200, &json!({"data": data, "total": total, "limit": limit, "offset": offset})))
+}
+
+/// `GET /admin/accounts/{id}`: account, balance, tier, keys (redacted).
+pub fn get_account(app: &App, config: &Config, id: u64) -> Result<Reply, ApiError> {
     let account = app.account(id).ok_or_else(|| ApiError::not_found(format!("no account {id}")))?;
-    let bal = app.ledger.account(id).unwrap_or_default();
     let keys = app.store.list_keys(id).map_err(|e| {
         log::error!("listing keys failed: {e:?}");
         ApiError::internal("listing keys failed")
     })?;
-    let keys: Vec<Value> = keys.iter().map(key_json).collect();
-    Ok(Reply::json(
-        200,
-        &json!({
-            "id": account.id,
-            "email": account.email,
-            "created_at": account.created_at,
-            "suspended": account.suspended,
-            "balance": usd_json(bal.balance),
-            "reserved": usd_json(bal.reserved),
-            "total_credits": usd_json(bal.total_credits()),
-            "total_usage": usd_json(bal.total_usage),
-            "markup_percent": account.markup_bps as f64 / 100.0,
-            "keys": keys,
-        }),
-    ))
+    let mut out = me::account_json(app, config, &account);
+    out["keys"] = Value::Array(keys.iter().map(|k| super::keys::key_json(app, k)).collect());
+    Ok(Reply::json(200, &out))
+}
+
+/// `PATCH /admin/accounts/{id} {monthly_cap_usd?, suspended?, markup_percent?}`: null clears
+/// the cap or the markup override. Durable (with its audit entry) before it applies;
+/// suspension refuses the account's keys from the next request on.
+pub async fn update_account(app: &App, config: &Config, id: u64, body: &[u8]) -> Result<Reply, ApiError> {
+    let v = parse_json(body)?;
+    const FIELDS: [&str; 3] = ["monthly_cap_usd", "suspended", "markup_percent"];
+    if let Some(unknown) = v.as_object().and_then(|o| o.keys().find(|k| !FIELDS.contains(&k.as_str()))) {
+        return Err(ApiError::invalid_request(format!("unknown field '{unknown}' (known: {})", FIELDS.join(", "))).with_param(unknown.as_str()));
+    }
+    let cap = match v.get("monthly_cap_usd") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(_) => {
+            let n = amount_field(body, &v, "monthly_cap_usd")?;
+            if n < 0 {
+                return Err(ApiError::invalid_request("'monthly_cap_usd' must not be negative").with_param("monthly_cap_usd"));
+            }
+            Some(Some(n))
+        }
+    };
+    let suspended = match v.get("suspended") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::invalid_request("'suspended' must be true or false").with_param("suspended")),
+    };
+    let markup = match v.get("markup_percent") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(n) => {
+            let p = n.as_f64().filter(|p| p.is_finite() && (0.0..=1000.0).contains(p)).ok_or_else(|| {
+                ApiError::invalid_request("'markup_percent' must be a number from 0 to 1000, or null for the tier").with_param("markup_percent")
+            })?;
+            Some(Some((p * 100.0).round() as u32))
+        }
+    };
+    let _lock = app.mutations.lock().await;
+    let mut account = app.account(id).ok_or_else(|| ApiError::not_found(format!("no account {id}")))?;
+    if let Some(cap) = cap {
+        account.monthly_cap_nano = cap;
+    }
+    if let Some(s) = suspended {
+        account.suspended = s;
+    }
+    if let Some(m) = markup {
+        account.markup_override_bps = m;
+    }
+    let mut detail = v.clone();
+    if let Some(cap) = cap {
+        detail["monthly_cap_nano"] = json!(cap);
+    }
+    let audit = audit::entry(app, &Principal::Admin, "account.update", Some(id), detail);
+    app.writer
+        .submit_durable(WriteOp::Atomic(vec![WriteOp::InsertAccount(account.clone()), WriteOp::Audit(audit)]))
+        .await
+        .map_err(store_failed)?;
+    app.put_account(account.clone());
+    Ok(Reply::json(200, &me::account_json(app, config, &account)))
 }
 
 /// `POST /admin/accounts/{id}/credits {amount_usd, note?}` → the new balance, after the
-/// grant is durable.
+/// grant (and its audit entry) is durable. A negative amount claws credit back.
 pub async fn grant_credits(app: &App, id: u64, body: &[u8]) -> Result<Reply, ApiError> {
     let v = parse_json(body)?;
     if app.account(id).is_none() {
@@ -110,21 +160,46 @@ pub async fn grant_credits(app: &App, id: u64, body: &[u8]) -> Result<Reply, Api
     if amount == 0 {
         return Err(ApiError::invalid_request("'amount_usd' must not be zero").with_param("amount_usd"));
     }
-    let note = match v.get("note") {
+    let note: Option<String> = match v.get("note") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.chars().take(500).collect()),
         Some(_) => return Err(ApiError::invalid_request("'note' must be a string").with_param("note")),
     };
-    let balance = app.ledger.grant(id, amount, note).await.map_err(|e| store_failed(e.to_string()))?;
+    let action = if amount > 0 { "credits.grant" } else { "credits.clawback" };
+    let audit = audit::entry(app, &Principal::Admin, action, Some(id), json!({"amount_nano": amount, "note": note}));
+    let balance = app.ledger.grant_audited(id, amount, note, Some(audit)).await.map_err(|e| store_failed(e.to_string()))?;
     Ok(Reply::json(
         200,
         &json!({"id": id, "balance": usd_json(balance), "balance_usd": money::format_usd(balance), "granted": usd_json(amount)}),
     ))
 }
 
+/// `POST /admin/recompute-tiers {now?}`: recomputes every account's 30-day spend as of `now`
+/// (unix seconds; default the real time) at once, instead of waiting for
+/// `billing.tier_recompute_secs`. The clock a test (or an operator replaying a period) can
+/// control; the next periodic recompute goes back to the real time.
+pub async fn recompute_tiers(app: &App, body: &[u8]) -> Result<Reply, ApiError> {
+    let now = if body.iter().all(u8::is_ascii_whitespace) {
+        crate::store::now_secs()
+    } else {
+        let v = parse_json(body)?;
+        match v.get("now") {
+            None | Some(Value::Null) => crate::store::now_secs(),
+            Some(n) => n.as_u64().ok_or_else(|| ApiError::invalid_request("'now' must be unix seconds").with_param("now"))?,
+        }
+    };
+    let n = app.recompute_tiers(now).await.map_err(|e| {
+        log::error!("tier recompute failed: {e}");
+        ApiError::internal("tier recompute failed")
+    })?;
+    let audit = audit::entry(app, &Principal::Admin, "tiers.recompute", None, json!({"now": now, "accounts": n}));
+    app.writer.submit(WriteOp::Audit(audit));
+    Ok(Reply::json(200, &json!({"computed_at": now, "accounts": n})))
+}
+
 /// An exact USD amount: a JSON string ("12.50") or number (12.5), parsed from its text so
 /// that no float ever touches the ledger.
-fn amount_field(body: &[u8], v: &Value, field: &str) -> Result<Nano, ApiError> {
+pub(crate) fn amount_field(body: &[u8], v: &Value, field: &str) -> Result<Nano, ApiError> {
     let bad = || ApiError::invalid_request(format!("'{field}' must be a decimal amount in USD")).with_param(field);
     match v.get(field) {
         Some(Value::String(s)) => money::parse_usd(s.trim()).map_err(|_| bad()),
@@ -142,76 +217,9 @@ fn raw_number_text(body: &[u8], field: &str) -> Option<String> {
     Some(String::from_utf8_lossy(member.value(body)).trim().to_string())
 }
 
-/// `POST /admin/accounts/{id}/keys {name, rate_limit_rpm?, daily_cap_usd?, monthly_cap_usd?}`
-/// → 201 with the secret `key`, shown this once.
+/// `POST /admin/accounts/{id}/keys`: the same creation as `POST /keys`.
 pub async fn create_key(app: &App, config: &Config, account_id: u64, body: &[u8]) -> Result<Reply, ApiError> {
-    let v = parse_json(body)?;
-    if app.account(account_id).is_none() {
-        return Err(ApiError::not_found(format!("no account {account_id}")));
-    }
-    let name = match v.get("name") {
-        None | Some(Value::Null) => "default".to_string(),
-        Some(Value::String(s)) if s.len() <= 200 => s.clone(),
-        Some(_) => return Err(ApiError::invalid_request("'name' must be a string of at most 200 characters").with_param("name")),
-    };
-    let rate_limit_rpm = match v.get("rate_limit_rpm") {
-        None | Some(Value::Null) => None,
-        Some(n) => Some(
-            n.as_u64()
-                .filter(|n| *n > 0 && *n <= u32::MAX as u64)
-                .ok_or_else(|| ApiError::invalid_request("'rate_limit_rpm' must be a positive integer").with_param("rate_limit_rpm"))?
-                as u32,
-        ),
-    };
-    let cap = |field: &str| -> Result<Option<Nano>, ApiError> {
-        match v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => {
-                let n = amount_field(body, &v, field)?;
-                if n <= 0 {
-                    return Err(ApiError::invalid_request(format!("'{field}' must be positive")).with_param(field));
-                }
-                Ok(Some(n))
-            }
-        }
-    };
-    let daily_cap_nano = cap("daily_cap_usd")?;
-    let monthly_cap_nano = cap("monthly_cap_usd")?;
-
-    let secret = keys::generate_secret(&config.server.key_prefix);
-    let hash = keys::hash_secret(&secret);
-    let record = KeyRecord {
-        id: app.ids.next_key_id(),
-        account_id,
-        name,
-        secret_hash: keys::hash_hex(&hash),
-        redacted: keys::redact(&secret),
-        created_at: crate::store::now_secs(),
-        revoked: false,
-        rate_limit_rpm,
-        daily_cap_nano,
-        monthly_cap_nano,
-    };
-    app.writer.submit_durable(WriteOp::PutKey(record.clone())).await.map_err(store_failed)?;
-    if let Some((hash, entry)) = KeyEntry::from_record(&record) {
-        app.keys.insert(hash, entry);
-    }
-    let mut out = key_json(&record);
-    out["key"] = Value::String(secret);
-    Ok(Reply::json(201, &out))
-}
-
-fn key_json(k: &KeyRecord) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "redacted": k.redacted,
-        "created_at": k.created_at,
-        "revoked": k.revoked,
-        "rate_limit_rpm": k.rate_limit_rpm,
-        "daily_cap_usd": k.daily_cap_nano.map(usd_json),
-        "monthly_cap_usd": k.monthly_cap_nano.map(usd_json),
-    })
+    super::keys::create(app, config, &Principal::Admin, account_id, body).await
 }
 
 #[cfg(test)]

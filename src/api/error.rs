@@ -57,6 +57,24 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal_error", message)
     }
+    /// Account and admin routes: a missing, bad or expired login token or admin token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "unauthorized", message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(409, code, message)
+    }
+    /// 429 `rate_limit_exceeded` with `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(429, "rate_limit_exceeded", message);
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
+    }
+    /// 503 for a feature switched off by configuration (login without a JWT secret, BYOK
+    /// without a master key).
+    pub fn disabled(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(503, code, message)
+    }
 
     /// The OpenAI `type` that goes with a status, which some clients switch on.
     pub fn error_type(&self) -> &'static str {
@@ -65,6 +83,9 @@ impl ApiError {
             401 | 403 => "authentication_error",
             402 => "insufficient_quota",
             429 => "rate_limit_error",
+            409 => "invalid_request_error",
+            // A feature switched off here is not the upstream's fault.
+            503 if matches!(self.code, "auth_disabled" | "byok_disabled") => "server_error",
             502..=504 => "upstream_error",
             _ if self.status >= 500 => "server_error",
             _ => "invalid_request_error",

@@ -1,13 +1,21 @@
 //! Routes answered by the gateway itself, without an upstream: the catalog, credits and
-//! generations, administration and health. Plus the route table for every path.
+//! generations, self-service accounts (auth, me, keys, usage, BYOK), administration and
+//! health. Plus the route table for every path.
 //!
 //! Handlers are plain functions from a parsed request to a [`Reply`]; the proxy writes the
 //! reply from `request_filter`, so these routes never touch Pingora's upstream machinery.
 
 pub mod account;
 pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod byok;
 pub mod catalog;
 pub mod error;
+pub mod keys;
+pub mod me;
+pub mod password;
+pub mod usage;
 
 use bytes::Bytes;
 use error::ApiError;
@@ -17,6 +25,11 @@ use http::Method;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
+    Completions,
+    Embeddings,
+    Images,
+    Speech,
+    Transcriptions,
 }
 
 impl Endpoint {
@@ -24,12 +37,45 @@ impl Endpoint {
     pub fn upstream_path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Images => "/images/generations",
+            Endpoint::Speech => "/audio/speech",
+            Endpoint::Transcriptions => "/audio/transcriptions",
         }
     }
+
+    /// The name models list in `endpoints`; also the metrics label.
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Images => "images",
+            Endpoint::Speech => "speech",
+            Endpoint::Transcriptions => "transcriptions",
         }
+    }
+
+    /// Largest request body, in bytes, before the configured `max_body_bytes` applies.
+    pub fn body_limit(self, configured: u64) -> u64 {
+        match self {
+            // OpenAI's own limit for audio uploads.
+            Endpoint::Transcriptions => 25 * 1024 * 1024,
+            _ => configured,
+        }
+    }
+
+    fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/chat/completions" => Endpoint::ChatCompletions,
+            "/completions" => Endpoint::Completions,
+            "/embeddings" => Endpoint::Embeddings,
+            "/images/generations" => Endpoint::Images,
+            "/audio/speech" => Endpoint::Speech,
+            "/audio/transcriptions" => Endpoint::Transcriptions,
+            _ => return None,
+        })
     }
 }
 
@@ -40,10 +86,42 @@ pub enum Route {
     Model(String),
     Generation,
     Credits,
+    /// `POST /auth/register`
+    AuthRegister,
+    /// `POST /auth/login`
+    AuthLogin,
+    /// `GET /me`
+    Me,
+    /// `GET /usage`
+    Usage,
+    /// `GET /keys`
+    KeysList,
+    /// `POST /keys`
+    KeysCreate,
+    /// `PATCH /keys/{id}`
+    KeyUpdate(u64),
+    /// `DELETE /keys/{id}`
+    KeyRevoke(u64),
+    /// `GET /keys/byok`
+    ByokList,
+    /// `PUT /keys/byok/{provider}`
+    ByokPut(String),
+    /// `DELETE /keys/byok/{provider}`
+    ByokDelete(String),
+    /// `POST /admin/accounts`
     AdminAccounts,
+    /// `GET /admin/accounts?q=&limit=&offset=`
+    AdminAccountList,
+    /// `GET /admin/accounts/{id}`
     AdminAccount(u64),
+    /// `PATCH /admin/accounts/{id}`
+    AdminAccountUpdate(u64),
     AdminCredits(u64),
     AdminKeys(u64),
+    /// `GET /admin/audit`
+    AdminAudit,
+    /// `POST /admin/recompute-tiers`
+    AdminRecomputeTiers,
     Healthz,
     Readyz,
     NotFound,
@@ -58,7 +136,18 @@ impl Route {
             Route::Models | Route::Model(_) => "models",
             Route::Generation => "generation",
             Route::Credits => "credits",
-            Route::AdminAccounts | Route::AdminAccount(_) | Route::AdminCredits(_) | Route::AdminKeys(_) => "admin",
+            Route::AuthRegister | Route::AuthLogin => "auth",
+            Route::Me | Route::Usage => "account",
+            Route::KeysList | Route::KeysCreate | Route::KeyUpdate(_) | Route::KeyRevoke(_) => "keys",
+            Route::ByokList | Route::ByokPut(_) | Route::ByokDelete(_) => "byok",
+            Route::AdminAccounts
+            | Route::AdminAccountList
+            | Route::AdminAccount(_)
+            | Route::AdminAccountUpdate(_)
+            | Route::AdminCredits(_)
+            | Route::AdminKeys(_)
+            | Route::AdminAudit
+            | Route::AdminRecomputeTiers => "admin",
             Route::Healthz | Route::Readyz => "health",
             Route::NotFound | Route::MethodNotAllowed(_) => "not_found",
         }
@@ -77,12 +166,38 @@ pub fn route(method: &Method, path: &str) -> Route {
     };
     let rest = if rest.len() > 1 { rest.trim_end_matches('/') } else { rest };
     match rest {
-        "/chat/completions" => only(method, Method::POST, Route::Inference(Endpoint::ChatCompletions), "POST"),
+        p if Endpoint::from_path(p).is_some() => {
+            let endpoint = Endpoint::from_path(p).unwrap_or(Endpoint::ChatCompletions);
+            only(method, Method::POST, Route::Inference(endpoint), "POST")
+        }
         "/models" => only(method, Method::GET, Route::Models, "GET"),
         "/generation" => only(method, Method::GET, Route::Generation, "GET"),
         "/credits" => only(method, Method::GET, Route::Credits, "GET"),
-        "/admin/accounts" => only(method, Method::POST, Route::AdminAccounts, "POST"),
+        "/auth/register" => only(method, Method::POST, Route::AuthRegister, "POST"),
+        "/auth/login" => only(method, Method::POST, Route::AuthLogin, "POST"),
+        "/me" => only(method, Method::GET, Route::Me, "GET"),
+        "/usage" => only(method, Method::GET, Route::Usage, "GET"),
+        "/keys" => either(method, [(Method::GET, Route::KeysList), (Method::POST, Route::KeysCreate)], "GET, POST"),
+        "/keys/byok" => only(method, Method::GET, Route::ByokList, "GET"),
+        "/admin/accounts" => either(
+            method,
+            [(Method::GET, Route::AdminAccountList), (Method::POST, Route::AdminAccounts)],
+            "GET, POST",
+        ),
+        "/admin/audit" => only(method, Method::GET, Route::AdminAudit, "GET"),
+        "/admin/recompute-tiers" => only(method, Method::POST, Route::AdminRecomputeTiers, "POST"),
         _ => {
+            if let Some(provider) = rest.strip_prefix("/keys/byok/") {
+                if provider.is_empty() || provider.contains('/') {
+                    return Route::NotFound;
+                }
+                let p = || provider.to_string();
+                return either(method, [(Method::PUT, Route::ByokPut(p())), (Method::DELETE, Route::ByokDelete(p()))], "PUT, DELETE");
+            }
+            if let Some(id) = rest.strip_prefix("/keys/") {
+                let Ok(id) = id.parse::<u64>() else { return Route::NotFound };
+                return either(method, [(Method::PATCH, Route::KeyUpdate(id)), (Method::DELETE, Route::KeyRevoke(id))], "PATCH, DELETE");
+            }
             if let Some(slug) = rest.strip_prefix("/models/") {
                 if slug.is_empty() {
                     return Route::NotFound;
@@ -103,7 +218,11 @@ fn admin_route(method: &Method, tail: &str) -> Route {
         return Route::NotFound;
     };
     match parts.next() {
-        None => only(method, Method::GET, Route::AdminAccount(id), "GET"),
+        None => either(
+            method,
+            [(Method::GET, Route::AdminAccount(id)), (Method::PATCH, Route::AdminAccountUpdate(id))],
+            "GET, PATCH",
+        ),
         Some("credits") => only(method, Method::POST, Route::AdminCredits(id), "POST"),
         Some("keys") => only(method, Method::POST, Route::AdminKeys(id), "POST"),
         Some(_) => Route::NotFound,
@@ -116,6 +235,15 @@ fn only(method: &Method, want: Method, route: Route, allow: &'static str) -> Rou
     } else {
         Route::MethodNotAllowed(allow)
     }
+}
+
+/// A path served for several methods, one route each.
+fn either<const N: usize>(method: &Method, routes: [(Method, Route); N], allow: &'static str) -> Route {
+    routes
+        .into_iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, r)| r)
+        .unwrap_or(Route::MethodNotAllowed(allow))
 }
 
 /// A complete response produced without an upstream.
@@ -222,6 +350,30 @@ mod tests {
         assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::MethodNotAllowed("POST"));
         assert_eq!(route(&Method::GET, "/v2/models"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
+    }
+
+    #[test]
+    fn account_routes() {
+        let r = |m: Method, p: &str| route(&m, p);
+        assert_eq!(r(Method::POST, "/v1/auth/register"), Route::AuthRegister);
+        assert_eq!(r(Method::POST, "/api/v1/auth/login"), Route::AuthLogin);
+        assert_eq!(r(Method::GET, "/v1/me"), Route::Me);
+        assert_eq!(r(Method::GET, "/v1/keys"), Route::KeysList);
+        assert_eq!(r(Method::POST, "/v1/keys/"), Route::KeysCreate);
+        assert_eq!(r(Method::PUT, "/v1/keys"), Route::MethodNotAllowed("GET, POST"));
+        assert_eq!(r(Method::PATCH, "/v1/keys/12"), Route::KeyUpdate(12));
+        assert_eq!(r(Method::DELETE, "/v1/keys/12"), Route::KeyRevoke(12));
+        assert_eq!(r(Method::GET, "/v1/keys/12"), Route::MethodNotAllowed("PATCH, DELETE"));
+        assert_eq!(r(Method::DELETE, "/v1/keys/x"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/v1/keys/byok"), Route::ByokList);
+        assert_eq!(r(Method::PUT, "/v1/keys/byok/openai"), Route::ByokPut("openai".into()));
+        assert_eq!(r(Method::DELETE, "/v1/keys/byok/openai"), Route::ByokDelete("openai".into()));
+        assert_eq!(r(Method::GET, "/v1/usage"), Route::Usage);
+        assert_eq!(r(Method::GET, "/v1/admin/accounts"), Route::AdminAccountList);
+        assert_eq!(r(Method::POST, "/v1/admin/accounts"), Route::AdminAccounts);
+        assert_eq!(r(Method::PATCH, "/v1/admin/accounts/3"), Route::AdminAccountUpdate(3));
+        assert_eq!(r(Method::GET, "/v1/admin/audit"), Route::AdminAudit);
+        assert_eq!(r(Method::POST, "/v1/admin/recompute-tiers"), Route::AdminRecomputeTiers);
     }
 
     #[test]

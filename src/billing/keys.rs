@@ -6,7 +6,7 @@
 //! Changes (insert, revoke) are rare: they copy the maps and swap the snapshot in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,19 @@ pub struct KeyEntry {
     pub rate_limit_rpm: Option<u32>,
     pub daily_cap_nano: Option<Nano>,
     pub monthly_cap_nano: Option<Nano>,
+    /// Tokens (prompt + completion) per minute, checked with `limits::TokenRateLimiter`.
+    pub tokens_per_minute: Option<u32>,
+    /// Model slug globs (`*` matches any run of characters); None = every model.
+    pub allowed_models: Option<Vec<String>>,
+    /// Unix seconds from which the key is refused.
+    pub expires_at: Option<u64>,
+    /// `intl` or `cn`: the only catalog this key may use.
+    pub platform: Option<String>,
+    /// Unix seconds of the last request, kept in memory and flushed to the store lazily
+    /// (`App::flush_key_usage`), never written per request.
+    pub last_used: AtomicU64,
+    /// The `last_used` value the store has, so a flush writes only keys that changed.
+    pub flushed_last_used: AtomicU64,
 }
 
 impl KeyEntry {
@@ -46,6 +59,12 @@ impl KeyEntry {
             rate_limit_rpm: record.rate_limit_rpm,
             daily_cap_nano: record.daily_cap_nano,
             monthly_cap_nano: record.monthly_cap_nano,
+            tokens_per_minute: record.tokens_per_minute,
+            allowed_models: record.allowed_models.clone(),
+            expires_at: record.expires_at,
+            platform: record.platform.clone(),
+            last_used: AtomicU64::new(0),
+            flushed_last_used: AtomicU64::new(0),
         };
         Some((hash, entry))
     }
@@ -53,6 +72,61 @@ impl KeyEntry {
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
     }
+
+    /// Records a request at `now_secs`. Called on every request, so it writes the shared
+    /// cache line only when the second changed (one relaxed load otherwise).
+    #[inline]
+    pub fn touch(&self, now_secs: u64) {
+        if self.last_used.load(Ordering::Relaxed) < now_secs {
+            self.last_used.fetch_max(now_secs, Ordering::Relaxed);
+        }
+    }
+
+    /// Unix seconds of the last request seen (0 = never).
+    pub fn last_used_secs(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Whether the key has expired at `now_secs`.
+    pub fn is_expired(&self, now_secs: u64) -> bool {
+        self.expires_at.is_some_and(|at| now_secs >= at)
+    }
+
+    /// Whether this key may use `slug`, a model listed in the `platforms` catalogs: its
+    /// `allowed_models` globs and its `platform` both have to agree.
+    pub fn permits_model(&self, slug: &str, platforms: &[String]) -> bool {
+        let platform_ok = self.platform.as_ref().is_none_or(|p| platforms.iter().any(|m| m == p));
+        let glob_ok = self
+            .allowed_models
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| glob_match(g, slug)));
+        platform_ok && glob_ok
+    }
+}
+
+/// `*` matches any run of characters (slashes included), everything else itself. Iterative
+/// with one backtrack point, so a pattern like `*a*a*a*b` stays linear-ish, never exponential.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last star swallow one more character and retry.
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[derive(Default, Clone)]
@@ -128,6 +202,11 @@ impl KeyRing {
         self.update(|maps| {
             if let Some(old_hash) = maps.by_id.remove(&entry.id) {
                 if let Some(old) = maps.by_hash.remove(&old_hash) {
+                    // A replacement (new limits) keeps the usage seen so far.
+                    entry.touch(old.last_used_secs());
+                    entry
+                        .flushed_last_used
+                        .fetch_max(old.flushed_last_used.load(Ordering::Relaxed), Ordering::Relaxed);
                     // Requests still holding the old entry must not keep a replaced key alive
                     // if the replacement is a revocation.
                     if entry.is_revoked() {
@@ -163,6 +242,11 @@ impl KeyRing {
             }
         });
         found
+    }
+
+    /// Every live key (a snapshot), for the periodic last-used flush.
+    pub fn entries(&self) -> Vec<Arc<KeyEntry>> {
+        self.maps.load().by_hash.values().cloned().collect()
     }
 
     /// Number of live keys.
@@ -251,7 +335,61 @@ mod tests {
             rate_limit_rpm: Some(60),
             daily_cap_nano: None,
             monthly_cap_nano: None,
+            tokens_per_minute: None,
+            allowed_models: None,
+            expires_at: None,
+            platform: None,
+            revoked_at: None,
         }
+    }
+
+    #[test]
+    fn globs_match_slugs() {
+        assert!(glob_match("openai/*", "openai/gpt-4o"));
+        assert!(!glob_match("openai/*", "anthropic/claude"));
+        assert!(glob_match("*", "anything/at-all"));
+        assert!(glob_match("*/gpt-4o*", "openai/gpt-4o-mini"));
+        assert!(glob_match("mock/echo-1", "mock/echo-1"));
+        assert!(!glob_match("mock/echo-1", "mock/echo-10"));
+        assert!(glob_match("*a*a*b", "aaaaaaaaaaaaab"));
+        assert!(!glob_match("*a*a*b", &"a".repeat(5000)));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "x"));
+    }
+
+    #[test]
+    fn permits_model_checks_globs_and_platform() {
+        let mut r = record(1, "sk-tg-perm");
+        r.allowed_models = Some(vec!["openai/*".into(), "mock/echo-1".into()]);
+        r.platform = Some("cn".into());
+        let (_, k) = KeyEntry::from_record(&r).unwrap();
+        let both = ["intl".to_string(), "cn".to_string()];
+        let intl = ["intl".to_string()];
+        assert!(k.permits_model("openai/gpt-4o", &both));
+        assert!(!k.permits_model("openai/gpt-4o", &intl), "not in the key's platform");
+        assert!(!k.permits_model("anthropic/x", &both));
+        assert!(k.permits_model("mock/echo-1", &both));
+        r.allowed_models = None;
+        r.platform = None;
+        let (_, k) = KeyEntry::from_record(&r).unwrap();
+        assert!(k.permits_model("anything", &intl));
+    }
+
+    #[test]
+    fn touch_expiry_and_replacement_keep_last_used() {
+        let s = generate_secret("sk-tg-");
+        let mut r = record(4, &s);
+        r.expires_at = Some(1_000);
+        let ring = KeyRing::from_records(&[r.clone()]);
+        let k = ring.lookup(&s).unwrap();
+        assert!(!k.is_expired(999) && k.is_expired(1_000));
+        k.touch(50);
+        k.touch(40); // never backwards
+        assert_eq!(k.last_used_secs(), 50);
+        r.rate_limit_rpm = Some(1);
+        let replaced = ring.insert_record(&r).unwrap();
+        assert_eq!(replaced.last_used_secs(), 50);
+        assert_eq!(ring.entries().len(), 1);
     }
 
     #[test]

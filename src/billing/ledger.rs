@@ -251,6 +251,17 @@ impl Ledger {
         amount: Nano,
         note: Option<String>,
     ) -> Result<Nano, GrantError> {
+        self.grant_audited(account_id, amount, note, None).await
+    }
+
+    /// [`grant`](Self::grant), with an audit entry committed in the same transaction.
+    pub async fn grant_audited(
+        &self,
+        account_id: u64,
+        amount: Nano,
+        note: Option<String>,
+        audit: Option<crate::store::AuditEntry>,
+    ) -> Result<Nano, GrantError> {
         if amount == 0 {
             return Err(GrantError::ZeroAmount);
         }
@@ -273,8 +284,11 @@ impl Ledger {
             });
             let _ = tx.send(result);
         };
-        self.writer
-            .submit_with(WriteOp::Grant(entry), Box::new(apply));
+        let op = match audit {
+            Some(audit) => WriteOp::Atomic(vec![WriteOp::Grant(entry), WriteOp::Audit(audit)]),
+            None => WriteOp::Grant(entry),
+        };
+        self.writer.submit_with(op, Box::new(apply));
         match rx.await {
             Ok(result) => result.map_err(GrantError::Store),
             Err(_) => Err(GrantError::Store("store writer stopped".into())),
@@ -610,6 +624,14 @@ mod tests {
                 "account {id}"
             );
             assert_eq!(state.usage.get(&id), Some(&charged));
+            // The usage rollups were written in the same transactions: they agree too.
+            let rolled: i64 = store
+                .usage_rollups(id, 0, u64::MAX / 2)
+                .expect("read")
+                .iter()
+                .map(|r| r.3.cost_nano)
+                .sum();
+            assert_eq!(rolled, charged, "rollups of account {id}");
             let acked_grants = acked.lines().filter(|l| *l == id.to_string()).count() as i64;
             assert!(
                 granted >= 1_000_000_000_000 + 7 * acked_grants,

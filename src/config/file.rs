@@ -42,6 +42,13 @@ pub struct ServerFile {
     pub reload_poll_ms: u64,
     /// Access log: one JSON line per request on stdout.
     pub access_log: bool,
+    /// Lifetime of a login token (JWT) from `/auth/login`, in seconds.
+    pub jwt_ttl_secs: u64,
+    /// Environment variable holding the BYOK master key (32 bytes, base64 or hex).
+    pub byok_key_env: String,
+    /// `/auth/login` and `/auth/register` attempts per minute per client address (and login
+    /// attempts per email).
+    pub login_attempts_per_minute: u32,
 }
 
 impl Default for ServerFile {
@@ -61,6 +68,9 @@ impl Default for ServerFile {
             max_body_bytes: 16 * 1024 * 1024,
             reload_poll_ms: 1000,
             access_log: true,
+            jwt_ttl_secs: 86_400,
+            byok_key_env: "TOLLGATE_BYOK_KEY".into(),
+            login_attempts_per_minute: 10,
         }
     }
 }
@@ -72,12 +82,34 @@ pub struct BillingFile {
     pub overdraft_usd: f64,
     /// Markup applied to accounts that have no tier of their own, in percent.
     pub default_markup_percent: f64,
+    /// Markup tiers by 30-day spend. Absent: the default ladder; `[]`: no tiers, every
+    /// account pays `default_markup_percent`.
+    pub tiers: Option<Vec<TierFile>>,
+    /// Seconds between recomputations of every account's tier.
+    pub tier_recompute_secs: u64,
+    /// Flat routing fee per request served with an account's own provider key (BYOK), USD.
+    pub byok_fee_usd: f64,
 }
 
 impl Default for BillingFile {
     fn default() -> Self {
-        BillingFile { overdraft_usd: 0.0, default_markup_percent: 0.0 }
+        BillingFile {
+            overdraft_usd: 0.0,
+            default_markup_percent: 0.0,
+            tiers: None,
+            tier_recompute_secs: 21_600,
+            byok_fee_usd: 0.001,
+        }
     }
+}
+
+/// One `[[billing.tiers]]` rung.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    /// Rolling 30-day billed spend, USD, from which this markup applies.
+    pub min_spend_usd: f64,
+    pub markup_percent: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,4 +147,18 @@ pub struct ModelFile {
     pub platforms: Option<Vec<String>>,
     pub name: Option<String>,
     pub description: Option<String>,
+    /// Which inference endpoints the model serves: chat, completions, embeddings, images,
+    /// speech, transcriptions. Default: chat and completions.
+    pub endpoints: Option<Vec<String>>,
+    /// USD per 1M prompt tokens read from / written to the provider's prompt cache (default:
+    /// the input price).
+    pub cache_read_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
+    /// Images: USD per generated image by `size` ("1024x1024" = 0.04); key "default" for
+    /// sizes not listed.
+    pub image_prices: Option<BTreeMap<String, f64>>,
+    /// Speech: USD per 1M input characters.
+    pub input_per_mchar: Option<f64>,
+    /// Transcriptions: USD per minute of audio (when the provider reports seconds).
+    pub audio_per_minute: Option<f64>,
 }

@@ -87,9 +87,30 @@ pub struct Model {
     /// The prices as configured, for the catalog (display only; never used for money).
     pub input_per_mtok_display: f64,
     pub output_per_mtok_display: f64,
+    /// Endpoints served, by name (`chat`, `completions`, `embeddings`, `images`, `speech`,
+    /// `transcriptions`).
+    pub endpoints: Vec<String>,
+    /// nano-USD per 1M cached prompt tokens read / written; None = the input price.
+    pub cache_read_per_mtok: Option<Nano>,
+    pub cache_write_per_mtok: Option<Nano>,
+    /// nano-USD per image by size ("default" for the rest).
+    pub image_prices: std::collections::BTreeMap<String, Nano>,
+    /// nano-USD per 1M input characters (speech).
+    pub input_per_mchar: Option<Nano>,
+    /// nano-USD per minute of audio (transcriptions).
+    pub audio_per_minute: Option<Nano>,
 }
 
 impl Model {
+    pub fn serves(&self, endpoint: &str) -> bool {
+        self.endpoints.iter().any(|e| e == endpoint)
+    }
+
+    /// The price of one image of `size`, if the model prices images.
+    pub fn image_price(&self, size: &str) -> Option<Nano> {
+        self.image_prices.get(size).or_else(|| self.image_prices.get("default")).copied()
+    }
+
     pub fn serves_platform(&self, platform: &str) -> bool {
         self.platforms.iter().any(|p| p == platform)
     }
@@ -111,13 +132,25 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     pub reload_poll_ms: u64,
     pub access_log: bool,
+    pub jwt_ttl_secs: u64,
+    /// The BYOK master key; None disables BYOK. Its `Debug` is redacted.
+    pub byok_key: Option<crate::billing::byok::ByokKey>,
+    /// The variable it came from, for error messages.
+    pub byok_key_env: String,
+    pub login_attempts_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct BillingSettings {
     pub overdraft: Nano,
-    /// Basis points (2500 = 25 %).
+    /// Basis points (2500 = 25 %). Applies to spend below the lowest tier (or to everyone when
+    /// `tiers` is empty).
     pub default_markup_bps: u32,
+    /// Sorted by `min_spend`, ascending.
+    pub tiers: Vec<crate::billing::tiers::Tier>,
+    pub tier_recompute_secs: u64,
+    /// nano-USD per BYOK request.
+    pub byok_fee: Nano,
 }
 
 /// One immutable, validated configuration.

@@ -34,6 +34,8 @@ impl Errors {
 }
 
 const PLATFORMS: [&str; 2] = ["intl", "cn"];
+/// Inference endpoints a model can declare.
+pub const ENDPOINTS: [&str; 6] = ["chat", "completions", "embeddings", "images", "speech", "transcriptions"];
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -107,6 +109,12 @@ fn server_settings(
     if s.max_body_bytes < 1024 {
         errs.push("server.max_body_bytes", "must be at least 1024");
     }
+    if !(1..=366 * 86_400).contains(&s.jwt_ttl_secs) {
+        errs.push("server.jwt_ttl_secs", "must be between 1 and 31622400 (366 days)");
+    }
+    if s.login_attempts_per_minute == 0 {
+        errs.push("server.login_attempts_per_minute", "must be at least 1");
+    }
     let secret = |name: &str| env(name).filter(|v| !v.is_empty());
     ServerSettings {
         listen: s.listen.clone(),
@@ -127,6 +135,27 @@ fn server_settings(
         max_body_bytes: s.max_body_bytes,
         reload_poll_ms: s.reload_poll_ms.max(50),
         access_log: s.access_log,
+        jwt_ttl_secs: s.jwt_ttl_secs,
+        byok_key: byok_key(s, env, errs),
+        byok_key_env: s.byok_key_env.clone(),
+        login_attempts_per_minute: s.login_attempts_per_minute,
+    }
+}
+
+/// The BYOK master key from its variable: unset or empty disables BYOK; a malformed one is an
+/// error (silently disabling it would strand the stored keys).
+fn byok_key(
+    s: &super::file::ServerFile,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Errors,
+) -> Option<crate::billing::byok::ByokKey> {
+    let text = env(&s.byok_key_env).filter(|v| !v.trim().is_empty())?;
+    match crate::billing::byok::ByokKey::parse(&text) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            errs.push("server.byok_key_env", format!("environment variable {}: {e}", s.byok_key_env));
+            None
+        }
     }
 }
 
@@ -140,7 +169,41 @@ fn billing_settings(file: &FileConfig, errs: &mut Errors) -> BillingSettings {
         errs.push("billing.default_markup_percent", "must be between 0 and 1000");
         0
     };
-    BillingSettings { overdraft, default_markup_bps }
+    let tiers = match &b.tiers {
+        None => crate::billing::tiers::default_ladder(),
+        Some(list) => tiers(list, errs),
+    };
+    if b.tier_recompute_secs < 1 {
+        errs.push("billing.tier_recompute_secs", "must be at least 1");
+    }
+    let byok_fee = usd_amount("billing.byok_fee_usd", b.byok_fee_usd, errs);
+    BillingSettings {
+        overdraft,
+        default_markup_bps,
+        tiers,
+        tier_recompute_secs: b.tier_recompute_secs.max(1),
+        byok_fee,
+    }
+}
+
+fn tiers(list: &[super::file::TierFile], errs: &mut Errors) -> Vec<crate::billing::tiers::Tier> {
+    let mut out: Vec<crate::billing::tiers::Tier> = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let path = format!("billing.tiers[{i}]");
+        let min_spend = usd_amount(&format!("{path}.min_spend_usd"), t.min_spend_usd, errs);
+        let m = t.markup_percent;
+        if !(m.is_finite() && (0.0..=1000.0).contains(&m)) {
+            errs.push(format!("{path}.markup_percent"), "must be between 0 and 1000");
+            continue;
+        }
+        if out.iter().any(|o| o.min_spend == min_spend) {
+            errs.push(format!("{path}.min_spend_usd"), "two tiers have the same min_spend_usd");
+            continue;
+        }
+        out.push(crate::billing::tiers::Tier { min_spend, markup_bps: (m * 100.0).round() as u32 });
+    }
+    out.sort_by_key(|t| t.min_spend);
+    out
 }
 
 fn usd_amount(path: &str, usd: f64, errs: &mut Errors) -> Nano {
@@ -297,6 +360,30 @@ fn model(path: &str, m: &ModelFile, errs: &mut Errors) -> Option<Model> {
             errs.push(format!("{path}.capabilities[{i}]"), format!("duplicate capability '{c}'"));
         }
     }
+    let endpoints = m
+        .endpoints
+        .clone()
+        .unwrap_or_else(|| vec!["chat".to_string(), "completions".to_string()]);
+    for (i, e) in endpoints.iter().enumerate() {
+        if !ENDPOINTS.contains(&e.as_str()) {
+            errs.push(format!("{path}.endpoints[{i}]"), format!("'{e}' is not one of {}", ENDPOINTS.join(", ")));
+        }
+    }
+    let optional_price = |field: &str, v: Option<f64>, errs: &mut Errors| v.map(|v| price(field, v, errs));
+    let cache_read_per_mtok = optional_price("cache_read_per_mtok", m.cache_read_per_mtok, errs);
+    let cache_write_per_mtok = optional_price("cache_write_per_mtok", m.cache_write_per_mtok, errs);
+    let input_per_mchar = optional_price("input_per_mchar", m.input_per_mchar, errs);
+    let audio_per_minute = optional_price("audio_per_minute", m.audio_per_minute, errs);
+    let mut image_prices = std::collections::BTreeMap::new();
+    for (size, v) in m.image_prices.iter().flatten() {
+        image_prices.insert(size.clone(), price(&format!("image_prices.{size}"), *v, errs));
+    }
+    if endpoints.iter().any(|e| e == "images") && image_prices.is_empty() {
+        errs.push(format!("{path}.image_prices"), "a model serving images needs image_prices");
+    }
+    if endpoints.iter().any(|e| e == "speech") && input_per_mchar.is_none() {
+        errs.push(format!("{path}.input_per_mchar"), "a model serving speech needs input_per_mchar");
+    }
     let max_output_tokens = m.max_output_tokens.unwrap_or(m.context_length);
     if max_output_tokens == 0 {
         errs.push(format!("{path}.max_output_tokens"), "must be positive");
@@ -318,5 +405,65 @@ fn model(path: &str, m: &ModelFile, errs: &mut Errors) -> Option<Model> {
         description: m.description.clone().unwrap_or_default(),
         input_per_mtok_display: m.input_per_mtok,
         output_per_mtok_display: m.output_per_mtok,
+        endpoints,
+        cache_read_per_mtok,
+        cache_write_per_mtok,
+        image_prices,
+        input_per_mchar,
+        audio_per_minute,
     })
+}
+
+#[cfg(test)]
+mod account_settings_tests {
+    use crate::billing::money::NANO_PER_USD;
+
+    fn load(extra: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<crate::config::Config, Vec<String>> {
+        let text = format!("[server]\nlisten = [\"127.0.0.1:8080\"]\n{extra}");
+        crate::config::from_toml_with_env(&text, env).map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn tier_ladder_default_explicit_and_off() {
+        let c = load("", &no_env).unwrap();
+        assert_eq!(c.billing.tiers, crate::billing::tiers::default_ladder());
+        assert_eq!(c.billing.tier_recompute_secs, 21_600);
+        assert_eq!(c.billing.byok_fee, NANO_PER_USD / 1000);
+        assert_eq!((c.server.jwt_ttl_secs, c.server.login_attempts_per_minute), (86_400, 10));
+        let c = load(
+            "[billing]\ntier_recompute_secs = 5\n[[billing.tiers]]\nmin_spend_usd = 10\nmarkup_percent = 5\n[[billing.tiers]]\nmin_spend_usd = 0\nmarkup_percent = 12.5\n",
+            &no_env,
+        )
+        .unwrap();
+        let got: Vec<(i64, u32)> = c.billing.tiers.iter().map(|t| (t.min_spend, t.markup_bps)).collect();
+        assert_eq!(got, vec![(0, 1_250), (10 * NANO_PER_USD, 500)], "sorted by min_spend");
+        assert!(load("[billing]\ntiers = []\n", &no_env).unwrap().billing.tiers.is_empty());
+        let e = load(
+            "[billing]\n[[billing.tiers]]\nmin_spend_usd = -1\nmarkup_percent = 5\n[[billing.tiers]]\nmin_spend_usd = 1\nmarkup_percent = 5000\n",
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|m| m.starts_with("billing.tiers[0].min_spend_usd")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("billing.tiers[1].markup_percent")), "{e:?}");
+    }
+
+    #[test]
+    fn byok_key_and_jwt_settings() {
+        let key = "ab".repeat(32);
+        let env = |name: &str| (name == "MY_BYOK").then(|| key.clone());
+        let c = load("byok_key_env = \"MY_BYOK\"\njwt_ttl_secs = 5\n", &env).unwrap();
+        assert!(c.server.byok_key.is_some());
+        assert_eq!(c.server.jwt_ttl_secs, 5);
+        assert!(!format!("{:?}", c.server).contains("abab"), "the key never shows in Debug");
+        assert!(load("", &no_env).unwrap().server.byok_key.is_none());
+        let bad = |name: &str| (name == "TOLLGATE_BYOK_KEY").then(|| "too-short".to_string());
+        let e = load("", &bad).unwrap_err();
+        assert!(e.iter().any(|m| m.starts_with("server.byok_key_env: environment variable TOLLGATE_BYOK_KEY")), "{e:?}");
+        let e = load("jwt_ttl_secs = 0\nlogin_attempts_per_minute = 0\n", &no_env).unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+    }
 }

@@ -64,6 +64,12 @@ pub fn next_day_start(unix_secs: u64) -> u64 {
     (day_index(unix_secs) + 1) * SECS_PER_DAY
 }
 
+/// Day index (days since 1970-01-01) of the first day of `unix_secs`' UTC month.
+pub fn month_start_day(unix_secs: u64) -> u64 {
+    let date = civil_from_days(day_index(unix_secs) as i64);
+    days_from_civil(date.year, date.month, 1).max(0) as u64
+}
+
 /// Unix seconds of the UTC midnight that starts the month after `unix_secs`' month.
 pub fn next_month_start(unix_secs: u64) -> u64 {
     let date = civil_from_days(day_index(unix_secs) as i64);
@@ -143,6 +149,8 @@ mod tests {
         // A day that is not the month's last: the month does not change at midnight.
         let feb10 = days_from_civil(2025, 2, 10) as u64 * SECS_PER_DAY;
         assert_eq!(month_index(feb10 - 1), month_index(feb10));
+        assert_eq!(month_start_day(feb10 + 5), days_from_civil(2025, 2, 1) as u64);
+        assert_eq!(month_start_day(jan1), days_from_civil(2025, 1, 1) as u64);
         assert_eq!(
             next_month_start(feb10),
             days_from_civil(2025, 3, 1) as u64 * SECS_PER_DAY

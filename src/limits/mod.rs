@@ -1,6 +1,7 @@
 //! Per-key limits checked before a request reaches an upstream: requests per minute
-//! ([`rate::KeyRateLimiter`], answered with 429 `rate_limit_exceeded`) and daily/monthly spend
-//! caps ([`spend::SpendCaps`], answered with 402 `spend_cap_exceeded`).
+//! ([`rate::KeyRateLimiter`], answered with 429 `rate_limit_exceeded`), tokens per minute
+//! ([`tokens::TokenRateLimiter`], 429 as well) and daily/monthly spend caps of keys and the
+//! monthly cap of accounts ([`spend::SpendCaps`], answered with 402 `spend_cap_exceeded`).
 //!
 //! Both are pure in-memory structures that take the current time as a parameter, so the proxy
 //! owns the clock and the tests can move it. They return data; the proxy shapes the answers and
@@ -11,11 +12,14 @@
 //! few integer operations.
 
 pub mod calendar;
+pub mod login;
 pub mod rate;
 pub mod spend;
+pub mod tokens;
 
 pub use rate::{KeyRateLimiter, RateDecision};
 pub use spend::{CapExceeded, SpendCaps, SpendHold};
+pub use tokens::{TokenRateLimiter, TpmDecision};
 
 use std::hash::{BuildHasherDefault, Hasher};
 

@@ -12,6 +12,11 @@
 //! are rolled forward lazily, by whichever call first sees a new day or month; holds belong to
 //! no period and count against both caps until released.
 //!
+//! Accounts have a monthly cap of their own (`monthly_cap_usd`, set by the operator), counted
+//! the same way over all of the account's keys ([`SpendCaps::reserve_account`]). Unlike keys,
+//! every account's monthly spend is tracked, capped or not, so a cap set mid-month applies
+//! at once against the exact spend so far, in-flight requests included.
+//!
 //! State is one small `Arc<Mutex<KeySpend>>` per capped key in a sharded map. The hold carries
 //! the `Arc`, so releasing it (on settle or on drop) needs no map lookup and no reference to
 //! the `SpendCaps`, and entries are never removed: an entry that vanished while a hold pointed
@@ -32,6 +37,8 @@ const SHARDS: usize = 16;
 /// Why a reservation was refused (answered with 402 `spend_cap_exceeded`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapExceeded {
+    /// "key" or "account": whose cap it is.
+    pub scope: &'static str,
     /// "daily" or "monthly". When both caps would be exceeded, "monthly": waiting for the next
     /// day would not help.
     pub period: &'static str,
@@ -46,9 +53,10 @@ pub struct CapExceeded {
 
 impl fmt::Display for CapExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scope = if self.scope == "account" { "account " } else { "" };
         write!(
             f,
-            "{} spend cap of ${} reached (${} spent or reserved)",
+            "{scope}{} spend cap of ${} reached (${} spent or reserved)",
             self.period,
             format_usd(self.cap),
             format_usd(self.spent)
@@ -118,6 +126,7 @@ fn lock(state: &Mutex<KeySpend>) -> MutexGuard<'_, KeySpend> {
 #[must_use = "dropping a hold releases it at once"]
 #[derive(Debug)]
 pub struct SpendHold {
+    /// The key id, or the account id for an account hold.
     key_id: u64,
     amount: Nano,
     /// None for keys without caps, and once settled.
@@ -174,6 +183,8 @@ type Shard = RwLock<HashMap<u64, Arc<Mutex<KeySpend>>, IdBuildHasher>>;
 /// Per-key spend accounting for daily and monthly caps. Share one per process.
 pub struct SpendCaps {
     shards: Box<[Shard]>,
+    /// Account monthly spend, by account id (ids overlap with key ids, hence its own map).
+    accounts: Box<[Shard]>,
 }
 
 impl Default for SpendCaps {
@@ -184,32 +195,16 @@ impl Default for SpendCaps {
 
 impl SpendCaps {
     pub fn new() -> Self {
-        SpendCaps {
-            shards: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::default()))
-                .collect(),
-        }
-    }
-
-    fn shard(&self, key_id: u64) -> &Shard {
-        &self.shards[shard_of(key_id, SHARDS)]
+        let shards = || (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect();
+        SpendCaps { shards: shards(), accounts: shards() }
     }
 
     fn get(&self, key_id: u64) -> Option<Arc<Mutex<KeySpend>>> {
-        let map = self.shard(key_id).read().unwrap_or_else(|e| e.into_inner());
-        map.get(&key_id).cloned()
+        get_in(&self.shards, key_id)
     }
 
     fn get_or_insert(&self, key_id: u64) -> Arc<Mutex<KeySpend>> {
-        // The read lock is the common path; the write lock only for a key's first reservation.
-        if let Some(state) = self.get(key_id) {
-            return state;
-        }
-        let mut map = self
-            .shard(key_id)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(key_id).or_default().clone()
+        get_or_insert_in(&self.shards, key_id)
     }
 
     /// Reserves `amount` (the request's worst-case cost; negative counts as 0) against the
@@ -247,6 +242,7 @@ impl SpendCaps {
             if let Some((cap, spent)) = over(spend.month_settled, key.monthly_cap_nano) {
                 let resets_at = next_month_start(now_unix_secs);
                 return Err(CapExceeded {
+                    scope: "key",
                     period: "monthly",
                     cap,
                     spent,
@@ -256,6 +252,7 @@ impl SpendCaps {
             if let Some((cap, spent)) = over(spend.day_settled, key.daily_cap_nano) {
                 let resets_at = next_day_start(now_unix_secs);
                 return Err(CapExceeded {
+                    scope: "key",
                     period: "daily",
                     cap,
                     spent,
@@ -287,6 +284,71 @@ impl SpendCaps {
     /// generations of this month when a cap is set on a key that had none (spend of uncapped
     /// keys is not tracked).
     pub fn seed(&self, generations: impl Iterator<Item = (u64, Nano, u64)>, now_unix_secs: u64) {
+        seed_into(&self.shards, generations, now_unix_secs);
+    }
+
+    /// Reserves `amount` against an account's monthly cap (`cap`, None = uncapped but still
+    /// counted), or says the cap would be passed: admitted iff `settled this month + held +
+    /// amount ≤ cap` under the account's lock, so no number of concurrent requests can pass
+    /// it. Settle or drop the hold exactly like a key's ([`SpendCaps::settle`]).
+    pub fn reserve_account(
+        &self,
+        account_id: u64,
+        cap: Option<Nano>,
+        amount: Nano,
+        now_unix_secs: u64,
+    ) -> Result<SpendHold, CapExceeded> {
+        let amount = amount.max(0);
+        let state = get_or_insert_in(&self.accounts, account_id);
+        {
+            let mut spend = lock(&state);
+            spend.roll(Period::of(now_unix_secs));
+            let spent = spend.month_settled.saturating_add(spend.held);
+            if let Some(cap) = cap.filter(|&cap| spent >= cap || spent.saturating_add(amount) > cap) {
+                return Err(CapExceeded {
+                    scope: "account",
+                    period: "monthly",
+                    cap,
+                    spent,
+                    resets_at: next_month_start(now_unix_secs),
+                });
+            }
+            spend.held = spend.held.saturating_add(amount);
+        }
+        Ok(SpendHold { key_id: account_id, amount, state: Some(state) })
+    }
+
+    /// [`seed`](Self::seed) for accounts: `(account_id, cost, created_at_secs)`.
+    pub fn seed_accounts(&self, charges: impl Iterator<Item = (u64, Nano, u64)>, now_unix_secs: u64) {
+        seed_into(&self.accounts, charges, now_unix_secs);
+    }
+
+    /// An account's settled spend this UTC month and what its requests in flight hold.
+    pub fn account_spent(&self, account_id: u64, now_unix_secs: u64) -> (Nano, Nano) {
+        let Some(state) = get_in(&self.accounts, account_id) else { return (0, 0) };
+        let spend = lock(&state);
+        let month = if spend.month >= month_index(now_unix_secs) { spend.month_settled } else { 0 };
+        (month, spend.held)
+    }
+}
+
+fn get_in(shards: &[Shard], id: u64) -> Option<Arc<Mutex<KeySpend>>> {
+    let map = shards[shard_of(id, SHARDS)].read().unwrap_or_else(|e| e.into_inner());
+    map.get(&id).cloned()
+}
+
+fn get_or_insert_in(shards: &[Shard], id: u64) -> Arc<Mutex<KeySpend>> {
+    // The read lock is the common path; the write lock only for an id's first reservation.
+    if let Some(state) = get_in(shards, id) {
+        return state;
+    }
+    let mut map = shards[shard_of(id, SHARDS)].write().unwrap_or_else(|e| e.into_inner());
+    map.entry(id).or_default().clone()
+}
+
+/// See [`SpendCaps::seed`].
+fn seed_into(shards: &[Shard], generations: impl Iterator<Item = (u64, Nano, u64)>, now_unix_secs: u64) {
+    {
         let now = Period::of(now_unix_secs);
         let mut sums: HashMap<u64, (Nano, Nano), IdBuildHasher> = HashMap::default();
         for (key_id, cost, created_at) in generations {
@@ -308,12 +370,12 @@ impl SpendCaps {
             // No entry for keys without spend this month: seeding is handed every stored
             // generation, and most keys in it will be uncapped and idle.
             let state = if day_sum == 0 && month_sum == 0 {
-                match self.get(key_id) {
+                match get_in(shards, key_id) {
                     Some(state) => state,
                     None => continue,
                 }
             } else {
-                self.get_or_insert(key_id)
+                get_or_insert_in(shards, key_id)
             };
             let mut spend = lock(&state);
             spend.roll(now);
@@ -323,7 +385,9 @@ impl SpendCaps {
             spend.month_settled = month_sum;
         }
     }
+}
 
+impl SpendCaps {
     /// Settled spend of the key today and this month (UTC), for display. Holds are not
     /// included. Only keys with caps are tracked: an uncapped key reads as what was seeded.
     pub fn spent(&self, key_id: u64, now_unix_secs: u64) -> (Nano, Nano) {
@@ -380,6 +444,12 @@ mod tests {
             rate_limit_rpm: None,
             daily_cap_nano: daily,
             monthly_cap_nano: monthly,
+            tokens_per_minute: None,
+            allowed_models: None,
+            expires_at: None,
+            platform: None,
+            last_used: Default::default(),
+            flushed_last_used: Default::default(),
         }
     }
 
@@ -413,6 +483,7 @@ mod tests {
         assert_eq!(
             err,
             CapExceeded {
+                scope: "key",
                 period: "daily",
                 cap: 10 * USD,
                 spent: 10 * USD,
@@ -492,6 +563,7 @@ mod tests {
         assert_eq!(
             err,
             CapExceeded {
+                scope: "key",
                 period: "monthly",
                 cap: 25 * USD,
                 spent: 20 * USD,
@@ -647,6 +719,47 @@ mod tests {
         assert_eq!(caps.held(7), 0);
         assert_eq!(caps.spent(7, now).0, settled);
         assert!(settled <= cap);
+    }
+
+    #[test]
+    fn account_cap_holds_under_a_hundred_threads() {
+        let caps = Arc::new(SpendCaps::new());
+        let cap = 10 * USD;
+        let now = ts(2025, 3, 3, 0);
+        // Spend from earlier this month and from last month (which does not count).
+        caps.seed_accounts(vec![(5, 2 * USD, ts(2025, 3, 1, 0)), (5, 9 * USD, ts(2025, 2, 27, 0))].into_iter(), now);
+        assert_eq!(caps.account_spent(5, now), (2 * USD, 0));
+        let barrier = Arc::new(Barrier::new(100));
+        let threads: Vec<_> = (0..100u64)
+            .map(|i| {
+                let (caps, barrier) = (caps.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let amount = (17 + (i * 7) % 34) as Nano * USD / 100;
+                    barrier.wait();
+                    caps.reserve_account(5, Some(cap), amount, now).ok()
+                })
+            })
+            .collect();
+        let holds: Vec<SpendHold> = threads.into_iter().filter_map(|t| t.join().unwrap()).collect();
+        let admitted: Nano = holds.iter().map(|h| h.amount()).sum();
+        assert!(2 * USD + admitted <= cap, "admitted {admitted}");
+        assert!(cap - 2 * USD - admitted < USD / 2, "not starved: {admitted}");
+        assert_eq!(caps.account_spent(5, now), (2 * USD, admitted));
+        let err = caps.reserve_account(5, Some(cap), USD, now).unwrap_err();
+        assert_eq!((err.scope, err.period, err.resets_at), ("account", "monthly", ts(2025, 4, 1, 0)));
+        for h in holds {
+            caps.settle(h, USD / 10, now);
+        }
+        let (month, held) = caps.account_spent(5, now);
+        assert_eq!(held, 0);
+        assert!(month > 2 * USD);
+        // Uncapped accounts are still counted, and a key's caps are separate.
+        caps.reserve_account(6, None, 100 * USD, now).unwrap().settle(USD, now);
+        assert_eq!(caps.account_spent(6, now), (USD, 0));
+        assert_eq!(caps.spent(6, now), (0, 0));
+        // Next month starts from zero.
+        assert_eq!(caps.account_spent(6, ts(2025, 4, 1, 0)), (0, 0));
+        assert!(caps.reserve_account(5, Some(cap), 9 * USD, ts(2025, 4, 1, 0)).is_ok());
     }
 
     #[test]

@@ -5,4 +5,5 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod json_scan;
+pub mod multipart;
 pub mod openai;

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod body_replay;
 pub mod ctx;
+pub mod endpoints;
 pub mod gateway;
 pub mod local;
 pub mod read_body;

@@ -24,12 +24,17 @@ use rand::Rng;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::billing::money::Nano;
-pub use records::{AccountRecord, GenerationRecord, KeyRecord, LedgerEntry, LedgerKind};
+pub use records::{
+    AccountRecord, AuditEntry, ByokRecord, GenerationRecord, KeyRecord, LedgerEntry, LedgerKind,
+    UsageRollup,
+};
 use tables::*;
 pub use writer::{StoreWriter, WriteOp, WriterStats};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "tollgate.redb";
+/// redb page cache: enough for the writer's working set and the occasional lookup.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A storage failure, as text (redb's error types differ per call; callers only log them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +81,11 @@ pub struct LoadedState {
     pub next_account_id: u64,
     pub next_key_id: u64,
     pub next_ledger_seq: u64,
+    pub next_audit_seq: u64,
+    /// Key id → unix seconds it was last used (as last flushed).
+    pub key_last_used: HashMap<u64, u64>,
+    /// Every account's encrypted provider keys.
+    pub byok: Vec<ByokRecord>,
 }
 
 /// In-memory id allocation, seeded from [`LoadedState`]: no read-modify-write through the
@@ -85,6 +95,7 @@ pub struct IdCounters {
     account: AtomicU64,
     key: AtomicU64,
     ledger: AtomicU64,
+    audit: AtomicU64,
 }
 
 impl IdCounters {
@@ -93,7 +104,12 @@ impl IdCounters {
             account: AtomicU64::new(state.next_account_id.max(1)),
             key: AtomicU64::new(state.next_key_id.max(1)),
             ledger: AtomicU64::new(state.next_ledger_seq.max(1)),
+            audit: AtomicU64::new(state.next_audit_seq.max(1)),
         }
+    }
+
+    pub fn next_audit_seq(&self) -> u64 {
+        self.audit.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn next_account_id(&self) -> u64 {
@@ -124,7 +140,10 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("create data dir {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
+        // redb's page cache defaults to 1 GiB and fills as the file grows, which made RSS
+        // climb under load; the request path never reads the store, so a small cache is enough.
         let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .set_repair_callback(|session| {
                 log::warn!(
                     "store: repairing database after unclean shutdown ({:.0}%)",
@@ -142,10 +161,21 @@ impl Store {
             txn.open_table(LEDGER)?;
             txn.open_table(GENERATIONS)?;
             txn.open_table(GENERATION_BY_BODY)?;
+            txn.open_table(USAGE)?;
+            txn.open_table(KEY_LAST_USED)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(BYOK)?;
             let mut meta = txn.open_table(META)?;
             let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
             match version {
                 None => {
+                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+                }
+                Some(1) => {
+                    // Version 1 had no rollups: build them once from the generations, in the
+                    // same transaction as the version bump.
+                    let n = build_rollups(&txn)?;
+                    log::info!("store: upgraded to schema {SCHEMA_VERSION}; usage rollups built from {n} generations");
                     meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
@@ -219,6 +249,20 @@ impl Store {
             state.next_ledger_seq = state.next_ledger_seq.max(k.value() + 1);
         }
 
+        let last_used = txn.open_table(KEY_LAST_USED)?;
+        for row in last_used.iter()? {
+            let (k, v) = row?;
+            state.key_last_used.insert(k.value(), v.value());
+        }
+        let byok = txn.open_table(BYOK)?;
+        for row in byok.iter()? {
+            state.byok.push(decode(row?.1.value(), "byok key")?);
+        }
+        let audit = txn.open_table(AUDIT)?;
+        if let Some(row) = audit.last()? {
+            state.next_audit_seq = row.0.value() + 1;
+        }
+
         // Never reuse an id that was handed out, even if its row is gone.
         let meta = txn.open_table(META)?;
         let mark = |name: &str| -> Result<u64, StoreError> {
@@ -227,6 +271,7 @@ impl Store {
         state.next_account_id = state.next_account_id.max(mark(META_NEXT_ACCOUNT)?).max(1);
         state.next_key_id = state.next_key_id.max(mark(META_NEXT_KEY)?).max(1);
         state.next_ledger_seq = state.next_ledger_seq.max(mark(META_NEXT_LEDGER)?).max(1);
+        state.next_audit_seq = state.next_audit_seq.max(mark(META_NEXT_AUDIT)?).max(1);
         Ok(state)
     }
 
@@ -288,6 +333,109 @@ impl Store {
         Ok(out)
     }
 
+    /// One account's usage rollups for UTC days `day_from..=day_to`, as
+    /// `(day, key id, model, sums)`, ordered by day, key, model. Reads only those rows.
+    pub fn usage_rollups(
+        &self,
+        account_id: u64,
+        day_from: u64,
+        day_to: u64,
+    ) -> Result<Vec<(u64, u64, String, UsageRollup)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let usage = txn.open_table(USAGE)?;
+        let mut out = Vec::new();
+        if day_from > day_to {
+            return Ok(out);
+        }
+        let start = (account_id, day_from, 0u64, "");
+        let end = (account_id, day_to.saturating_add(1), 0u64, "");
+        for row in usage.range(start..end)? {
+            let (k, v) = row?;
+            let (_, day, key_id, model) = k.value();
+            out.push((day, key_id, model.to_string(), decode(v.value(), "usage rollup")?));
+        }
+        Ok(out)
+    }
+
+    /// Billed cost per account over UTC days `day_from..=day_to`, from the rollups, for
+    /// the accounts given (one range read each).
+    pub fn cost_by_account(
+        &self,
+        accounts: impl IntoIterator<Item = u64>,
+        day_from: u64,
+        day_to: u64,
+    ) -> Result<HashMap<u64, Nano>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let usage = txn.open_table(USAGE)?;
+        let mut out = HashMap::new();
+        for account_id in accounts {
+            let start = (account_id, day_from, 0u64, "");
+            let end = (account_id, day_to.saturating_add(1), 0u64, "");
+            let mut sum: Nano = 0;
+            for row in usage.range(start..end)? {
+                let r: UsageRollup = decode(row?.1.value(), "usage rollup")?;
+                sum = sum.saturating_add(r.cost_nano.max(0));
+            }
+            out.insert(account_id, sum);
+        }
+        Ok(out)
+    }
+
+    /// `(account id, key id, day start unix secs, cost)` of every rollup row with a cost, for
+    /// the accounts given, from UTC day `day_from` on: rebuilds spend-cap counters without
+    /// reading generations.
+    pub fn costs_since_day(
+        &self,
+        accounts: impl IntoIterator<Item = u64>,
+        day_from: u64,
+    ) -> Result<Vec<(u64, u64, u64, Nano)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let usage = txn.open_table(USAGE)?;
+        let mut out = Vec::new();
+        for account_id in accounts {
+            let start = (account_id, day_from, 0u64, "");
+            let end = (account_id, u64::MAX, 0u64, "");
+            for row in usage.range(start..end)? {
+                let (k, v) = row?;
+                let (_, day, key_id, _) = k.value();
+                let r: UsageRollup = decode(v.value(), "usage rollup")?;
+                if r.cost_nano > 0 {
+                    out.push((account_id, key_id, day * crate::limits::calendar::SECS_PER_DAY, r.cost_nano));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Last-used time of a key as last flushed.
+    pub fn key_last_used(&self, key_id: u64) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEY_LAST_USED)?;
+        Ok(table.get(key_id)?.map(|v| v.value()))
+    }
+
+    /// The newest audit entries, newest first; only `account_id`'s when given. Scans
+    /// backwards from the end, so a recent page is cheap.
+    pub fn audit_entries(
+        &self,
+        limit: usize,
+        account_id: Option<u64>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in table.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let entry: AuditEntry = decode(row?.1.value(), "audit entry")?;
+            if account_id.is_none_or(|id| entry.account_id == Some(id)) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// A generation by Tollgate's id ("gen-…") or, failing that, by the upstream body id
     /// ("chatcmpl-…"). If two upstream responses shared a body id, the latest one wins.
     pub fn get_generation(
@@ -328,6 +476,21 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Builds the usage rollups from every stored generation (the upgrade from schema 1).
+fn build_rollups(txn: &redb::WriteTransaction) -> Result<usize, StoreError> {
+    let generations = txn.open_table(GENERATIONS)?;
+    let mut usage = txn.open_table(USAGE)?;
+    let mut deltas = writer::RollupDeltas::default();
+    let mut n = 0;
+    for row in generations.iter()? {
+        let g: GenerationRecord = decode(row?.1.value(), "generation")?;
+        deltas.add(&g, 1);
+        n += 1;
+    }
+    deltas.write(&mut usage)?;
+    Ok(n)
 }
 
 /// A new generation id: "gen-<unix millis, hex>-<12 random base62 chars>". Time-prefixed so ids
@@ -392,9 +555,10 @@ pub(crate) mod tests {
             id,
             email: format!("a{id}@example.com"),
             created_at: now_secs(),
-            markup_bps: 2500,
+            markup_override_bps: Some(2500),
             suspended: false,
             password_hash: None,
+            monthly_cap_nano: None,
         }
     }
 
@@ -410,6 +574,11 @@ pub(crate) mod tests {
             rate_limit_rpm: None,
             daily_cap_nano: Some(5),
             monthly_cap_nano: None,
+            tokens_per_minute: None,
+            allowed_models: None,
+            expires_at: None,
+            platform: None,
+            revoked_at: None,
         }
     }
 
@@ -637,6 +806,132 @@ pub(crate) mod tests {
     }
 
     const MAX_BATCH_FOR_TESTS: usize = writer::MAX_BATCH;
+
+    fn gen_at(id: &str, account: u64, key: u64, model: &str, cost: i64, at: u64, failed: bool) -> GenerationRecord {
+        let mut g = generation(id, "", account, cost);
+        g.key_id = key;
+        g.model = model.into();
+        g.created_at = at;
+        if failed {
+            g.status = 502;
+            g.error = Some("down".into());
+            g.tokens_prompt = 0;
+            g.tokens_completion = 0;
+        }
+        g
+    }
+
+    /// Rollups equal the sums of the generation records, per account, day, key and model,
+    /// whichever op wrote them; and a version-1 file gets them built on open.
+    #[test]
+    fn rollups_follow_generations_and_are_built_on_upgrade() {
+        use crate::limits::calendar::SECS_PER_DAY;
+        let dir = test_dir("rollups");
+        let day = 20_000u64;
+        let t = |d: u64| (day + d) * SECS_PER_DAY + 100;
+        let gens = vec![
+            gen_at("g1", 1, 10, "m/a", 300, t(0), false),
+            gen_at("g2", 1, 10, "m/a", 200, t(0), false),
+            gen_at("g3", 1, 11, "m/b", 50, t(0), false),
+            gen_at("g4", 1, 10, "m/a", 0, t(1), true),
+            gen_at("g5", 1, 10, "m/a", 7, t(2), false),
+            gen_at("g6", 2, 12, "m/a", 1_000, t(0), false),
+        ];
+        let check = |store: &Store| {
+            let rows = store.usage_rollups(1, day, day + 1).expect("read");
+            let summary: Vec<(u64, u64, &str, i64, i64, i64, i64)> = rows
+                .iter()
+                .map(|(d, k, m, r)| (*d, *k, m.as_str(), r.requests, r.failed, r.cost_nano, r.tokens_prompt))
+                .collect();
+            assert_eq!(
+                summary,
+                vec![(day, 10, "m/a", 2, 0, 500, 20), (day, 11, "m/b", 1, 0, 50, 10), (day + 1, 10, "m/a", 1, 1, 0, 0)]
+            );
+            assert_eq!(store.usage_rollups(1, day + 2, day + 2).expect("read").len(), 1);
+            assert!(store.usage_rollups(1, day + 3, day + 2).expect("read").is_empty());
+            let costs = store.cost_by_account([1, 2, 3], day, day + 2).expect("read");
+            assert_eq!((costs[&1], costs[&2], costs[&3]), (557, 1_000, 0));
+            assert_eq!(store.cost_by_account([1], day + 1, day + 5).expect("read")[&1], 7);
+            let mut since = store.costs_since_day([1, 2], day + 1).expect("read");
+            since.sort();
+            assert_eq!(since, vec![(1, 10, (day + 2) * SECS_PER_DAY, 7)]);
+        };
+        {
+            let store = Store::open(&dir).expect("open");
+            let writer = store.start_writer();
+            for (i, g) in gens.into_iter().enumerate() {
+                let op = if g.total_cost_nano > 0 {
+                    WriteOp::Settle { charge: entry(i as u64 + 1, g.account_id, -g.total_cost_nano, LedgerKind::Charge, Some(&g.id)), generation: g }
+                } else {
+                    WriteOp::RecordGeneration(g)
+                };
+                writer.submit(op);
+            }
+            // Writing a record again replaces its contribution instead of adding to it.
+            writer.submit(WriteOp::RecordGeneration(gen_at("g3", 1, 11, "m/b", 50, t(0), false)));
+            writer.shutdown();
+            check(&store);
+            // Make it a version-1 file: no rollups table content, version 1.
+            let txn = store.db.begin_write().expect("txn");
+            txn.delete_table(USAGE).expect("drop");
+            txn.open_table(META).expect("meta").insert(META_SCHEMA_VERSION, 1).expect("v1");
+            txn.commit().expect("commit");
+            assert!(store.usage_rollups(1, day, day + 5).is_err() || store.usage_rollups(1, day, day + 5).unwrap().is_empty());
+        }
+        let store = Store::open(&dir).expect("upgrade");
+        check(&store);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn audit_touch_and_byok_round_trip() {
+        let dir = test_dir("audit");
+        {
+            let store = Store::open(&dir).expect("open");
+            let writer = store.start_writer();
+            let audit = |seq: u64, account: Option<u64>| AuditEntry {
+                seq,
+                at: 5,
+                actor: "admin".into(),
+                action: "key.create".into(),
+                account_id: account,
+                detail: serde_json::json!({"key_id": seq}),
+            };
+            writer
+                .submit_durable_blocking(WriteOp::Atomic(vec![WriteOp::PutKey(key(1, 1)), WriteOp::Audit(audit(1, Some(1)))]))
+                .expect("durable");
+            writer.submit(WriteOp::Audit(audit(2, Some(2))));
+            writer.submit(WriteOp::Audit(audit(3, Some(1))));
+            writer.submit(WriteOp::TouchKeys(vec![(1, 100), (2, 50)]));
+            writer.submit(WriteOp::TouchKeys(vec![(1, 90)])); // never backwards
+            let byok = |provider: &str| ByokRecord {
+                account_id: 1,
+                provider: provider.into(),
+                nonce: "n".into(),
+                ciphertext: "c".into(),
+                created_at: 1,
+            };
+            writer.submit(WriteOp::PutByok(byok("openai")));
+            writer.submit(WriteOp::PutByok(byok("groq")));
+            writer.submit(WriteOp::DeleteByok { account_id: 1, provider: "groq".into() });
+            writer.shutdown();
+            let all = store.audit_entries(10, None).expect("read");
+            assert_eq!(all.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![3, 2, 1], "newest first");
+            assert_eq!(store.audit_entries(1, None).expect("read").len(), 1);
+            let mine = store.audit_entries(10, Some(1)).expect("read");
+            assert_eq!(mine.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![3, 1]);
+            assert_eq!(store.key_last_used(1).expect("read"), Some(100));
+        }
+        let store = Store::open(&dir).expect("reopen");
+        let state = store.load_state().expect("load");
+        assert_eq!(state.next_audit_seq, 4);
+        assert_eq!(state.key_last_used.get(&2), Some(&50));
+        assert_eq!(state.byok.iter().map(|b| b.provider.as_str()).collect::<Vec<_>>(), vec!["openai"]);
+        assert_eq!(IdCounters::from_state(&state).next_audit_seq(), 4);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// What kill -9 leaves behind is what the kernel had: the file as last written, without
     /// redb's clean-shutdown mark. A copy taken while the database is open is exactly that;

@@ -13,14 +13,19 @@ pub struct AccountRecord {
     pub email: String,
     /// Unix seconds.
     pub created_at: u64,
-    /// Markup over provider prices in basis points (2500 = 25%).
+    /// An operator-set markup in basis points (2500 = 25%) that replaces the spend tier.
+    /// None: the account pays its tier's markup (`billing.tiers`).
     #[serde(default)]
-    pub markup_bps: u32,
+    pub markup_override_bps: Option<u32>,
     #[serde(default)]
     pub suspended: bool,
-    /// For a dashboard login, if any; never the password itself.
+    /// argon2id PHC string for `/auth/login`, if the account has a password; never the
+    /// password itself.
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// Account-wide spend cap per UTC calendar month, nano-USD (all keys together).
+    #[serde(default)]
+    pub monthly_cap_nano: Option<i64>,
 }
 
 /// An API key. Only the sha256 of the secret is kept; the secret is shown once, at creation.
@@ -43,6 +48,21 @@ pub struct KeyRecord {
     pub daily_cap_nano: Option<i64>,
     #[serde(default)]
     pub monthly_cap_nano: Option<i64>,
+    /// Tokens (prompt + completion) per minute; see `limits::tokens`.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// Model slug globs this key may use (`openai/*`); None = every model.
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+    /// Unix seconds after which the key is refused like a revoked one.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// `intl` or `cn`: the only catalog this key may use; None = both.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Unix seconds of the revocation.
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
 }
 
 /// Why money moved.
@@ -104,4 +124,79 @@ pub struct GenerationRecord {
     /// Why the request failed, for unbilled records.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// Per (account, UTC day, key, model) sums of generation records, kept in the same
+/// transaction as the records themselves (`store::writer`), so usage reports and spend tiers
+/// read a few rows instead of scanning generations, and can never disagree with them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRollup {
+    /// Generation records: billed requests and upstream failures alike.
+    pub requests: i64,
+    /// Of those, the ones whose `/generation` status is "error".
+    #[serde(default)]
+    pub failed: i64,
+    pub tokens_prompt: i64,
+    pub tokens_completion: i64,
+    /// What was charged, nano-USD.
+    pub cost_nano: i64,
+}
+
+impl UsageRollup {
+    /// One generation's contribution; `sign` −1 takes it back out (a replaced record).
+    pub fn of(g: &GenerationRecord, sign: i64) -> UsageRollup {
+        UsageRollup {
+            requests: sign,
+            failed: sign * i64::from(g.is_failed()),
+            tokens_prompt: sign * g.tokens_prompt as i64,
+            tokens_completion: sign * g.tokens_completion as i64,
+            cost_nano: sign * g.total_cost_nano,
+        }
+    }
+
+    pub fn add(&mut self, other: &UsageRollup) {
+        self.requests += other.requests;
+        self.failed += other.failed;
+        self.tokens_prompt += other.tokens_prompt;
+        self.tokens_completion += other.tokens_completion;
+        self.cost_nano = self.cost_nano.saturating_add(other.cost_nano);
+    }
+}
+
+impl GenerationRecord {
+    /// What `/generation` reports as status "error": an error message or an error status.
+    pub fn is_failed(&self) -> bool {
+        self.error.is_some() || self.status >= 400
+    }
+}
+
+/// One operator or self-service change, for `GET /admin/audit`. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// "admin", or "account:<id>" for self-service changes.
+    pub actor: String,
+    /// e.g. "key.create", "account.update", "credits.grant".
+    pub action: String,
+    /// The account the change concerns.
+    #[serde(default)]
+    pub account_id: Option<u64>,
+    /// What changed (ids, limits, amounts); never a secret.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// A provider key an account brought (BYOK), AES-256-GCM encrypted; see `billing::byok`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByokRecord {
+    pub account_id: u64,
+    pub provider: String,
+    /// base64 of the 96-bit nonce.
+    pub nonce: String,
+    /// base64 of ciphertext + tag.
+    pub ciphertext: String,
+    /// Unix seconds.
+    pub created_at: u64,
 }

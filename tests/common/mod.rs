@@ -131,6 +131,18 @@ base_url = "http://127.0.0.1:{mock_port}/v1"
 api_key_env = "TOLLGATE_TEST_PROVIDER_KEY"
 read_timeout_secs = 5
 
+[providers.claude]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+api_key_env = "TOLLGATE_TEST_PROVIDER_KEY"
+read_timeout_secs = 5
+
+[providers.gem]
+kind = "gemini"
+base_url = "http://127.0.0.1:{mock_port}/v1beta"
+api_key_env = "TOLLGATE_TEST_PROVIDER_KEY"
+read_timeout_secs = 5
+
 [providers.dead]
 kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
@@ -165,6 +177,26 @@ max_output_tokens = 1000
 input_per_mtok = 0.10
 output_per_mtok = 0.20
 platforms = ["cn"]
+
+[[models]]
+slug = "anthropic/claude-test"
+provider = "claude"
+upstream_model = "claude-sonnet-4-5"
+context_length = 200000
+max_output_tokens = 8192
+input_per_mtok = 3.00
+output_per_mtok = 15.00
+capabilities = ["tools", "vision", "json"]
+
+[[models]]
+slug = "google/gemini-test"
+provider = "gem"
+upstream_model = "gemini-2.5-flash"
+context_length = 1000000
+max_output_tokens = 8192
+input_per_mtok = 0.30
+output_per_mtok = 2.50
+capabilities = ["tools", "vision", "json"]
 
 [[models]]
 slug = "dead/model"
@@ -448,4 +480,105 @@ pub fn sse_data(body: &str) -> Vec<String> {
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
+}
+
+// ---- Accounts, login tokens and BYOK (tests/gateway/{accounts,keys,usage,byok}.rs).
+
+/// What `TOLLGATE_JWT_SECRET` is set to by [`Gateway::start_accounts`].
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
+/// What `TOLLGATE_BYOK_KEY` is set to by [`Gateway::start_accounts`] (32 bytes, hex).
+pub const BYOK_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// The environment of a gateway with self-service accounts and BYOK enabled.
+pub fn accounts_env() -> Vec<(&'static str, &'static str)> {
+    vec![("TOLLGATE_JWT_SECRET", JWT_SECRET), ("TOLLGATE_BYOK_KEY", BYOK_KEY_HEX)]
+}
+
+/// An email no other test uses.
+pub fn unique_email(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}-{}-{}@example.com", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Gateway {
+    /// A gateway with login (JWT) and BYOK enabled: `server` lines go into `[server]`,
+    /// `extra` is appended to the config.
+    pub fn start_accounts(server: &str, extra: &str) -> Gateway {
+        Gateway::start_with_env(server, extra, &accounts_env())
+    }
+
+    /// Like [`Gateway::start_extra`], with lines for `[server]` and more environment
+    /// variables for the gateway.
+    pub fn start_with_env(server: &str, extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let mock = Mock::start_with(&["--api-key", PROVIDER_KEY]);
+        let dir = scratch_dir("gw");
+        let port = free_port();
+        let metrics_port = free_port();
+        let config_path = dir.join("tollgate.toml");
+        let text = config_for(port, metrics_port, &dir.join("data"), mock.port, extra)
+            .replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
+        std::fs::write(&config_path, text).unwrap();
+        let mut gw = Gateway { port, metrics_port, stdout_path: dir.join("stdout.log"), dir, config_path, proc: None, mock };
+        gw.spawn_with_env(env);
+        gw
+    }
+
+    /// [`Gateway::spawn`] with more environment variables.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let stdout = std::fs::OpenOptions::new().create(true).append(true).open(&self.stdout_path).unwrap();
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("stderr.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TOLLGATE_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env_remove("TOLLGATE_TEST_UNSET_KEY")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tollgate serve");
+        self.proc = Some(Proc { child });
+        self.wait_ready();
+    }
+
+    pub fn register(&self, email: &str, password: &str) -> reqwest::blocking::Response {
+        client().post(self.url("/v1/auth/register")).json(&json!({"email": email, "password": password})).send().unwrap()
+    }
+
+    pub fn login(&self, email: &str, password: &str) -> reqwest::blocking::Response {
+        client().post(self.url("/v1/auth/login")).json(&json!({"email": email, "password": password})).send().unwrap()
+    }
+
+    /// Registers a fresh account and logs in: (account id, email, login token).
+    pub fn signed_up(&self, tag: &str) -> (u64, String, String) {
+        let email = unique_email(tag);
+        let r = self.register(&email, "correct horse battery");
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+        let id = r.json::<Value>().unwrap()["id"].as_u64().unwrap();
+        let r = self.login(&email, "correct horse battery");
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+        let token = r.json::<Value>().unwrap()["token"].as_str().unwrap().to_string();
+        (id, email, token)
+    }
+
+    /// `method path` with `Authorization: Bearer token` and an optional JSON body.
+    pub fn call(&self, method: &str, token: &str, path: &str, body: Option<Value>) -> reqwest::blocking::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client().request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().unwrap()
+    }
+
+    /// `call`, asserting the status, returning the JSON body.
+    pub fn call_ok(&self, method: &str, token: &str, path: &str, body: Option<Value>, status: u16) -> Value {
+        let r = self.call(method, token, path, body);
+        let got = r.status().as_u16();
+        let text = r.text().unwrap_or_default();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
 }

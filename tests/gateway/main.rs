@@ -4,13 +4,18 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod accounts;
 mod billing;
 mod bodies;
+mod byok;
 mod errors;
+mod keys;
 mod lifecycle;
 mod limits;
+mod providers;
 mod proxying;
 mod reload;
 mod routes;
 mod streaming;
 mod tls;
+mod usage;
