@@ -84,7 +84,7 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
         "key_id": ctx.key.as_ref().map(|k| k.id),
         "latency_ms": ctx.start.elapsed().as_secs_f64() * 1000.0,
         "overhead_us": ctx.overhead_us,
-        "stream": ctx.inference.as_ref().map(|i| i.stream).unwrap_or(false),
+        "stream": ctx.inference.as_ref().map(|i| i.info.stream).unwrap_or(false),
         "tokens_prompt": settled.usage.prompt_tokens,
         "tokens_completion": settled.usage.completion_tokens,
         "usage_estimated": settled.estimated,

@@ -7,7 +7,9 @@ use crate::billing::ledger::Reservation;
 use crate::config::{Config, Model, Provider};
 use crate::limits::{RateDecision, SpendHold};
 use crate::metering::StreamMeter;
-use crate::metering::usage::Usage;
+use super::endpoints::RequestInfo;
+use crate::api::Endpoint;
+use crate::billing::pricing::Units;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,21 +30,30 @@ pub enum BodyMode {
 
 /// The inference part of a request, present once it passed auth, parsing and reservation.
 pub struct Inference {
+    pub endpoint: Endpoint,
     pub model: Arc<Model>,
     pub provider: Arc<Provider>,
+    /// What the request asked for (model, stream, units).
+    pub info: RequestInfo,
     /// Appended to the provider's path prefix: `/chat/completions`, `/messages`, …
-    pub endpoint: String,
+    pub path: String,
     /// Anthropic JSON mode (see `proxy::wire`).
     pub json_mode: bool,
-    pub stream: bool,
-    /// The client asked for `stream_options.include_usage` itself.
-    pub client_wants_usage: bool,
+    /// Legacy completions sent as chat (see `providers::completions`).
+    pub via_chat: bool,
+    /// The upstream content type when it is not JSON (multipart uploads).
+    pub content_type: Option<String>,
     pub request_bytes: usize,
     /// Length of the rewritten body sent upstream.
     pub upstream_body_len: usize,
+    /// The account's own provider key (BYOK): used instead of the gateway's, billed a flat fee.
+    pub byok_key: Option<String>,
+    /// The account's markup, fixed when the request was admitted.
+    pub markup_bps: u32,
     pub reservation: Option<Reservation>,
-    /// The key's spend-cap hold for the same worst case.
+    /// The key's and the account's spend-cap holds for the same worst case.
     pub spend_hold: Option<SpendHold>,
+    pub account_hold: Option<SpendHold>,
 }
 
 pub struct RequestCtx {
@@ -61,7 +72,8 @@ pub struct RequestCtx {
     /// Status sent to the client.
     pub status: u16,
     pub upstream_status: Option<u16>,
-    pub usage: Option<Usage>,
+    /// What the request consumed, once known (reported, or estimated: see `usage_estimated`).
+    pub units: Option<Units>,
     /// The response body's `id` (e.g. `chatcmpl-…`), so `/generation?id=` finds it too.
     pub body_id: Option<String>,
     pub usage_estimated: bool,
@@ -95,7 +107,7 @@ impl RequestCtx {
             error: None,
             status: 0,
             upstream_status: None,
-            usage: None,
+            units: None,
             body_id: None,
             usage_estimated: false,
             upstream_start: None,

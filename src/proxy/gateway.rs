@@ -17,9 +17,8 @@ use super::{access_log, local, read_body::read_body, upstream_error};
 use crate::api::error::{self, ApiError};
 use crate::api::{self, Endpoint, Route};
 use crate::app::App;
-use crate::metering::{estimate, usage::Usage};
+use crate::billing::{money, pricing};
 use crate::metrics;
-use crate::providers::openai;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -113,20 +112,30 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(status);
         if let Some(inf) = ctx.inference.as_ref() {
             let ok = (200..300).contains(&status);
+            // Audio bytes pass through as they come; only their count of input characters,
+            // known from the request, is billed.
+            if ok && inf.endpoint == Endpoint::Speech {
+                ctx.units = Some(crate::billing::pricing::Units::Chars(inf.info.chars));
+                ctx.status = status;
+                ctx.overhead_us = ctx.overhead_now();
+                local::stamp(resp, ctx)?;
+                return Ok(());
+            }
             // A provider that answers a stream request with plain JSON gets its JSON rewritten
             // rather than fed to the SSE decoder, which would drop it.
             let is_sse = resp
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            ctx.body_mode = match (ok, inf.stream && is_sse) {
+            ctx.body_mode = match (ok, inf.info.stream && is_sse) {
                 (true, true) => {
                     metrics::ACTIVE_STREAMS.inc();
                     ctx.stream_started = true;
                     BodyMode::Stream(super::wire::stream_meter(
                         inf.provider.kind,
                         &inf.model.slug,
-                        inf.client_wants_usage,
+                        inf.info.include_usage,
+                        inf.via_chat,
                     ))
                 }
                 (true, false) => BodyMode::Json(BytesMut::new()),
@@ -297,77 +306,100 @@ impl Gateway {
             }
         }
 
-        let limit = ctx.config.server.max_body_bytes;
+        if let Some(limit) = key.tokens_per_minute {
+            let d = self.app.tpm.check_tpm(key.id, limit, Instant::now());
+            if !d.allowed {
+                let mut e = ApiError::new(
+                    429,
+                    "rate_limit_exceeded",
+                    format!("this key allows {limit} tokens per minute; retry in {} s", d.retry_after_secs),
+                );
+                e.retry_after = Some(d.retry_after_secs);
+                return Err(e.into());
+            }
+        }
+
+        let limit = endpoint.body_limit(ctx.config.server.max_body_bytes);
         let body = read_body(session, limit).await.map_err(api::Reply::from)?;
-        let info = openai::parse_chat_request(&body).map_err(|e| {
-            let mut err = ApiError::invalid_request(e.message);
-            err.param = e.param;
-            api::Reply::from(err)
-        })?;
+        let content_type = local::header_str(session, "content-type").unwrap_or_default();
+        let info = super::endpoints::parse(endpoint, &body, &content_type).map_err(api::Reply::from)?;
         let (model, provider) = match ctx.config.route(&info.model) {
             Some((m, p)) => (m.clone(), p.clone()),
             None => return Err(ApiError::model_not_found(&info.model).into()),
         };
+        if !model.serves(endpoint.label()) {
+            return Err(ApiError::invalid_request(format!(
+                "model '{}' does not serve /{}; it serves: {}",
+                model.slug,
+                endpoint.upstream_path().trim_start_matches('/'),
+                model.endpoints.join(", ")
+            ))
+            .with_param("model")
+            .into());
+        }
+        if !key.permits_model(&model.slug, &model.platforms) {
+            return Err(ApiError::new(403, "model_not_allowed", format!("this key may not use '{}'", model.slug))
+                .with_param("model")
+                .into());
+        }
 
-        // Reserve the worst case before the upstream is called: every prompt token is at
-        // least one byte, and the completion is at most max_tokens (or the model's cap).
-        let prompt_max = estimate::prompt_upper_bound(body.len(), model.context_length);
-        // `n` choices each produce up to the cap.
-        let completion_max = info.max_tokens.unwrap_or(model.max_output_tokens).saturating_mul(info.n.max(1));
-        let markup = ctx.config.billing.default_markup_bps;
-        let worst = crate::billing::money::token_cost(
-            prompt_max,
-            completion_max,
-            model.input_per_mtok,
-            model.output_per_mtok,
-            markup,
-        );
-        let spend_hold = self
-            .app
-            .caps
-            .reserve(&key, worst, crate::store::now_secs())
-            .map_err(|cap| {
-                api::Reply::from(ApiError::new(
-                    402,
-                    "spend_cap_exceeded",
-                    format!(
-                        "this key's {} spend cap of {} USD is reached ({} USD spent or in flight); it resets at unix time {}",
-                        cap.period,
-                        crate::billing::money::format_usd(cap.cap),
-                        crate::billing::money::format_usd(cap.spent),
-                        cap.resets_at
-                    ),
-                ))
-            })?;
+        // Reserve the worst case before the upstream is called (see endpoints::worst_units).
+        // A request on the account's own provider key (BYOK) costs the flat routing fee.
+        let byok_key = self.app.byok_key(key.account_id, &provider.name);
+        let markup_bps = self.app.markup_bps_in(&ctx.config, key.account_id);
+        let worst_units = super::endpoints::worst_units(endpoint, &info, &model).map_err(api::Reply::from)?;
+        let worst = match byok_key {
+            Some(_) => ctx.config.billing.byok_fee,
+            None => pricing::cost(&model, &worst_units, markup_bps),
+        };
+        let now = crate::store::now_secs();
+        let cap_error = |cap: crate::limits::CapExceeded| {
+            api::Reply::from(ApiError::new(
+                402,
+                "spend_cap_exceeded",
+                format!(
+                    "the {}'s {} spend cap of {} USD is reached ({} USD spent or in flight); it resets at unix time {}",
+                    cap.scope,
+                    cap.period,
+                    money::format_usd(cap.cap),
+                    money::format_usd(cap.spent),
+                    cap.resets_at
+                ),
+            ))
+        };
+        let spend_hold = self.app.caps.reserve(&key, worst, now).map_err(cap_error)?;
+        let account_hold = self.app.reserve_account(key.account_id, worst, now).map_err(cap_error)?;
         let reservation = self
             .app
             .ledger
             .reserve(key.account_id, worst, ctx.config.billing.overdraft)
             .map_err(|_| {
                 api::Reply::from(ApiError::insufficient_balance(format!(
-                    "balance cannot cover this request (up to {} USD reserved for {} prompt + {} completion tokens); add credits or lower max_tokens",
-                    crate::billing::money::format_usd(worst),
-                    prompt_max,
-                    completion_max
+                    "balance cannot cover this request (up to {} USD is reserved until it is answered); add credits or lower max_tokens",
+                    money::format_usd(worst),
                 )))
             })?;
 
-        let upstream = super::wire::chat_request(provider.kind, &body, &info, &model)
+        let upstream = super::wire::request(provider.kind, endpoint, &body, &info, &model, &content_type)
             .map_err(api::Reply::from)?;
         let upstream_body_len = upstream.body.len();
         ctx.replay = Some(ReplaySlot::install(session, Bytes::from(upstream.body)));
-        let _ = endpoint;
         ctx.inference = Some(Inference {
+            endpoint,
             model,
             provider,
-            endpoint: upstream.path,
+            info,
+            path: upstream.path,
             json_mode: upstream.json_mode,
-            stream: info.stream,
-            client_wants_usage: info.include_usage,
+            via_chat: upstream.via_chat,
+            content_type: upstream.content_type,
             request_bytes: body.len(),
             upstream_body_len,
+            byok_key,
+            markup_bps,
             reservation: Some(reservation),
             spend_hold: Some(spend_hold),
+            account_hold: Some(account_hold),
         });
         Ok(())
     }
@@ -377,9 +409,18 @@ impl Gateway {
         let Some(inf) = ctx.inference.as_ref() else { return Bytes::new() };
         match std::mem::take(&mut ctx.body_mode) {
             BodyMode::Json(buf) => {
-                let kind = inf.provider.kind;
-                let completion = match super::wire::chat_response(kind, &buf, &inf.model.slug, inf.json_mode) {
-                    Ok(c) => c,
+                let answer = super::wire::response(
+                    inf.provider.kind,
+                    inf.endpoint,
+                    &buf,
+                    &inf.model.slug,
+                    &inf.model,
+                    &inf.info,
+                    inf.json_mode,
+                    inf.via_chat,
+                );
+                let answer = match answer {
+                    Ok(a) => a,
                     Err(e) => {
                         // The header (2xx) is already on its way; the body says what failed
                         // and nothing is charged.
@@ -389,21 +430,16 @@ impl Gateway {
                         return body;
                     }
                 };
-                let out = completion.body;
-                ctx.body_id = completion.id;
-                match completion.usage {
-                    Some(u) => ctx.usage = Some(u),
+                ctx.body_id = answer.id;
+                ctx.units = Some(match answer.units {
+                    Some(u) => u,
                     None => {
                         // No usage reported: count what we can see, and say so.
-                        ctx.usage = Some(Usage {
-                            prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
-                            completion_tokens: estimate::tokens_from_chars(buf.len() as u64),
-                            ..Default::default()
-                        });
                         ctx.usage_estimated = true;
+                        super::wire::estimated_units(inf.endpoint, &inf.info, inf.request_bytes, &answer.body)
                     }
-                }
-                Bytes::from(out)
+                });
+                Bytes::from(answer.body)
             }
             BodyMode::Error(buf) => {
                 let status = ctx.upstream_status.unwrap_or(502);

@@ -6,7 +6,8 @@
 
 use super::ctx::{BodyMode, RequestCtx};
 use crate::app::App;
-use crate::billing::money::{self, Nano};
+use crate::billing::money::Nano;
+use crate::billing::pricing::{self, Units};
 use crate::metering::{estimate, usage::Usage};
 use crate::metrics;
 use crate::store::records::GenerationRecord;
@@ -25,6 +26,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
     let Some(inf) = ctx.inference.as_mut() else { return Settled::default() };
     let reservation = inf.reservation.take();
     let spend_hold = inf.spend_hold.take();
+    let account_hold = inf.account_hold.take();
     let Some(key) = ctx.key.clone() else { return Settled::default() };
 
     // A stream's usage comes from its meter; a stream cut before usage arrived is estimated
@@ -34,13 +36,13 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             ctx.body_id = meter.response_id().map(str::to_string);
         }
         match meter.usage() {
-            Some(u) => ctx.usage = Some(u),
+            Some(u) => ctx.units = Some(Units::Tokens(u)),
             None => {
-                ctx.usage = Some(Usage {
+                ctx.units = Some(Units::Tokens(Usage {
                     prompt_tokens: estimate::tokens_from_chars(inf.request_bytes as u64),
                     completion_tokens: meter.estimated_completion_tokens(),
                     ..Default::default()
-                });
+                }));
                 ctx.usage_estimated = true;
             }
         }
@@ -62,7 +64,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
         total_cost_nano: 0,
         latency_ms,
         status: ctx.status,
-        streamed: inf.stream,
+        streamed: inf.info.stream,
         usage_estimated: false,
         created_at: crate::store::now_secs(),
         attempts: 1,
@@ -77,15 +79,14 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
         metrics::TTFT.with_label_values(&labels).observe(first.duration_since(start).as_secs_f64());
     }
 
-    match (upstream_ok, ctx.usage, reservation) {
-        (true, Some(usage), Some(reservation)) => {
-            let cost = money::token_cost(
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                model.input_per_mtok,
-                model.output_per_mtok,
-                ctx.config.billing.default_markup_bps,
-            );
+    match (upstream_ok, ctx.units, reservation) {
+        (true, Some(units), Some(reservation)) => {
+            // A request on the account's own provider key pays the flat routing fee instead.
+            let cost = match inf.byok_key {
+                Some(_) => ctx.config.billing.byok_fee,
+                None => pricing::cost(model, &units, inf.markup_bps),
+            };
+            let usage = units.tokens();
             record.tokens_prompt = usage.prompt_tokens;
             record.tokens_completion = usage.completion_tokens;
             record.total_cost_nano = cost;
@@ -103,14 +104,18 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             metrics::TOKENS.with_label_values(&[labels[0], labels[1], "output"]).inc_by(usage.completion_tokens);
             metrics::COST.with_label_values(&labels).inc_by(cost.max(0) as u64);
             app.ledger.settle(reservation, cost, record);
-            if let Some(hold) = spend_hold {
-                app.caps.settle(hold, cost, crate::store::now_secs());
+            let now = crate::store::now_secs();
+            for hold in [spend_hold, account_hold].into_iter().flatten() {
+                app.caps.settle(hold, cost, now);
+            }
+            if key.tokens_per_minute.is_some() {
+                app.tpm.record_tokens(key.id, usage.total_tokens(), std::time::Instant::now());
             }
             Settled { usage, cost, billed: true, estimated: ctx.usage_estimated }
         }
         (_, _, reservation) => {
             // Released: nothing is charged, nothing counts against the caps.
-            drop((reservation, spend_hold));
+            drop((reservation, spend_hold, account_hold));
             if ctx.upstream_start.is_some() {
                 record.error = ctx
                     .error

@@ -48,18 +48,20 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
     }
 
     let up = &inf.provider.upstream;
-    let path = format!("{}{}", up.path_prefix, inf.endpoint);
+    let path = format!("{}{}", up.path_prefix, inf.path);
     req.set_uri(path.parse::<http::Uri>().map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e)
     })?);
     req.set_method(http::Method::POST);
     req.insert_header(http::header::HOST, up.authority.as_str())?;
     req.insert_header(http::header::CONTENT_LENGTH, inf.upstream_body_len.to_string())?;
-    req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    let content_type = inf.content_type.as_deref().unwrap_or("application/json");
+    req.insert_header(http::header::CONTENT_TYPE, content_type)?;
     if inf.provider.kind == ProviderKind::Anthropic {
         req.insert_header("anthropic-version", crate::providers::anthropic::API_VERSION)?;
     }
-    if let Some(key) = inf.provider.api_key.as_deref() {
+    // The account's own key (BYOK) replaces the gateway's.
+    if let Some(key) = inf.byok_key.as_deref().or(inf.provider.api_key.as_deref()) {
         match inf.provider.kind {
             ProviderKind::OpenAi | ProviderKind::Mock => {
                 req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))?

@@ -1,12 +1,14 @@
 //! Which wire format a request speaks upstream, chosen once per request from the provider's
-//! kind. The translators themselves are pure and live in `providers/`; this is the one place
-//! the proxy phases pick between them.
+//! kind and the endpoint. The translators themselves are pure and live in `providers/`; this
+//! is the one place the proxy phases pick between them.
 
+use super::endpoints::RequestInfo;
 use crate::api::error::ApiError;
+use crate::api::Endpoint;
+use crate::billing::pricing::Units;
 use crate::config::{Model, ProviderKind};
-use crate::metering::{usage::Usage, OpenAiStreamMeter, StreamMeter};
-use crate::providers::openai::ChatRequestInfo;
-use crate::providers::{anthropic, gemini, openai};
+use crate::metering::{estimate, usage::Usage, OpenAiStreamMeter, StreamMeter};
+use crate::providers::{anthropic, completions, gemini, gemini_embed, json_scan, multipart, openai};
 
 /// The upstream request body and the path to append to the provider's `base_url`.
 pub struct UpstreamRequest {
@@ -15,80 +17,229 @@ pub struct UpstreamRequest {
     /// Anthropic has no JSON mode: the translator asks for JSON in the system prompt and strips
     /// code fences from the answer.
     pub json_mode: bool,
+    /// The request was turned into a chat request (legacy completions on a chat-only
+    /// provider): the answer is turned back.
+    pub via_chat: bool,
+    /// Multipart bodies keep their own content type (boundary included).
+    pub content_type: Option<String>,
 }
 
-pub fn chat_request(
+fn invalid(e: openai::RequestError) -> ApiError {
+    let mut err = ApiError::invalid_request(e.message);
+    err.param = e.param;
+    err
+}
+
+fn not_offered(kind: ProviderKind, endpoint: Endpoint) -> ApiError {
+    ApiError::invalid_request(format!(
+        "providers of kind {} do not offer /{}",
+        kind.as_str(),
+        endpoint.upstream_path().trim_start_matches('/')
+    ))
+}
+
+pub fn request(
+    kind: ProviderKind,
+    endpoint: Endpoint,
+    body: &[u8],
+    info: &RequestInfo,
+    model: &Model,
+    content_type: &str,
+) -> Result<UpstreamRequest, ApiError> {
+    let plain = |body: Vec<u8>, path: &str| UpstreamRequest {
+        body,
+        path: path.to_string(),
+        json_mode: false,
+        via_chat: false,
+        content_type: None,
+    };
+    let openai_like = matches!(kind, ProviderKind::OpenAi | ProviderKind::Mock);
+    match endpoint {
+        Endpoint::ChatCompletions => chat_request(kind, body, info.stream, info.include_usage, model),
+        Endpoint::Completions if openai_like => {
+            let add_usage = info.stream && !info.include_usage;
+            Ok(plain(openai::rewrite_chat_request(body, &model.upstream_model, add_usage), "/completions"))
+        }
+        Endpoint::Completions => {
+            // Translated through chat for providers that have no legacy endpoint.
+            let chat = completions::to_chat_request(body)?;
+            let mut up = chat_request(kind, &chat, info.stream, info.include_usage, model)?;
+            up.via_chat = true;
+            Ok(up)
+        }
+        Endpoint::Embeddings if openai_like => {
+            Ok(plain(openai::rewrite_chat_request(body, &model.upstream_model, false), "/embeddings"))
+        }
+        Endpoint::Embeddings if kind == ProviderKind::Gemini => {
+            let (body, path) = gemini_embed::embed_request(body, &model.upstream_model).map_err(invalid)?;
+            Ok(plain(body, &path))
+        }
+        Endpoint::Images | Endpoint::Speech if openai_like => {
+            Ok(plain(openai::rewrite_chat_request(body, &model.upstream_model, false), endpoint.upstream_path()))
+        }
+        Endpoint::Transcriptions if openai_like => {
+            let boundary = multipart::boundary(content_type).unwrap_or_default();
+            let form = multipart::Form::parse(body, &boundary)
+                .map_err(|e| ApiError::invalid_request(format!("malformed multipart body: {e}")))?;
+            let mut up = plain(form.replace(body, "model", &model.upstream_model), endpoint.upstream_path());
+            up.content_type = Some(content_type.to_string());
+            Ok(up)
+        }
+        _ => Err(not_offered(kind, endpoint)),
+    }
+}
+
+fn chat_request(
     kind: ProviderKind,
     body: &[u8],
-    info: &ChatRequestInfo,
+    stream: bool,
+    include_usage: bool,
     model: &Model,
 ) -> Result<UpstreamRequest, ApiError> {
-    let invalid = |e: openai::RequestError| {
-        let mut err = ApiError::invalid_request(e.message);
-        err.param = e.param;
-        err
-    };
+    let up = |body, path: String, json_mode| UpstreamRequest { body, path, json_mode, via_chat: false, content_type: None };
     Ok(match kind {
         ProviderKind::OpenAi | ProviderKind::Mock => {
             // Usage is metered from the stream itself: ask for it when the client did not.
-            let add_usage = info.stream && !info.include_usage;
-            UpstreamRequest {
-                body: openai::rewrite_chat_request(body, &model.upstream_model, add_usage),
-                path: "/chat/completions".to_string(),
-                json_mode: false,
-            }
+            let add_usage = stream && !include_usage;
+            up(openai::rewrite_chat_request(body, &model.upstream_model, add_usage), "/chat/completions".into(), false)
         }
-        ProviderKind::Anthropic => UpstreamRequest {
-            body: anthropic::translate_request(body, &model.upstream_model, model.max_output_tokens)
-                .map_err(invalid)?,
-            path: "/messages".to_string(),
-            json_mode: anthropic::json_mode(body),
-        },
-        ProviderKind::Gemini => UpstreamRequest {
-            body: gemini::translate_request(body, Some(model.max_output_tokens)).map_err(invalid)?,
-            path: gemini::upstream_path(&model.upstream_model, info.stream),
-            json_mode: false,
-        },
+        ProviderKind::Anthropic => up(
+            anthropic::translate_request(body, &model.upstream_model, model.max_output_tokens).map_err(invalid)?,
+            "/messages".into(),
+            anthropic::json_mode(body),
+        ),
+        ProviderKind::Gemini => up(
+            gemini::translate_request(body, Some(model.max_output_tokens)).map_err(invalid)?,
+            gemini::upstream_path(&model.upstream_model, stream),
+            false,
+        ),
     })
 }
 
 /// The handler that turns the provider's stream into OpenAI chunks for the client.
-pub fn stream_meter(kind: ProviderKind, slug: &str, client_wants_usage: bool) -> Box<dyn StreamMeter> {
-    match kind {
+pub fn stream_meter(kind: ProviderKind, slug: &str, client_wants_usage: bool, via_chat: bool) -> Box<dyn StreamMeter> {
+    let meter: Box<dyn StreamMeter> = match kind {
         // The usage-only chunk is stripped only when the gateway asked for it itself.
-        ProviderKind::OpenAi | ProviderKind::Mock => {
-            Box::new(OpenAiStreamMeter::new(slug, !client_wants_usage))
-        }
+        ProviderKind::OpenAi | ProviderKind::Mock => Box::new(OpenAiStreamMeter::new(slug, !client_wants_usage)),
         ProviderKind::Anthropic => Box::new(anthropic::AnthropicStream::new(slug, client_wants_usage)),
         ProviderKind::Gemini => Box::new(gemini::GeminiStream::new(slug, client_wants_usage)),
+    };
+    if via_chat {
+        Box::new(completions::ChatToCompletionStream::new(meter))
+    } else {
+        meter
     }
 }
 
-/// A whole (non-streamed) completion in OpenAI's shape: body, usage if reported, body id.
-pub struct Completion {
+/// A whole (non-streamed) answer in OpenAI's shape: body, billable units if reported, body id.
+pub struct Answer {
     pub body: Vec<u8>,
-    pub usage: Option<Usage>,
+    pub units: Option<Units>,
     pub id: Option<String>,
 }
 
-pub fn chat_response(kind: ProviderKind, body: &[u8], slug: &str, json_mode: bool) -> Result<Completion, ApiError> {
+pub fn response(
+    kind: ProviderKind,
+    endpoint: Endpoint,
+    body: &[u8],
+    slug: &str,
+    model: &Model,
+    info: &RequestInfo,
+    json_mode: bool,
+    via_chat: bool,
+) -> Result<Answer, ApiError> {
     let bad = |message: String| ApiError::upstream_error(format!("the provider's answer could not be read: {message}"));
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => {
+            let mut answer = chat_response(kind, body, slug, json_mode).map_err(|e| bad(e.message))?;
+            if via_chat {
+                answer.body = completions::chat_to_completion(&answer.body);
+                answer.id = openai::response_id(&answer.body);
+            }
+            Ok(answer)
+        }
+        Endpoint::Embeddings if kind == ProviderKind::Gemini => {
+            let out = gemini_embed::embed_response(body, slug).map_err(|e| bad(e.message))?;
+            // Gemini reports no tokens for embeddings: estimated from the input by the caller.
+            Ok(Answer { body: out, units: None, id: None })
+        }
+        Endpoint::Embeddings => {
+            let (out, usage) = openai::rewrite_chat_response(body, slug);
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), id: None })
+        }
+        Endpoint::Images => {
+            let count = json_scan::find_member(body, "data")
+                .ok()
+                .flatten()
+                .and_then(|m| serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(m.value(body)).ok())
+                .map(|d| d.len() as u64)
+                .ok_or_else(|| bad("no 'data' array".into()))?;
+            let unit_price = model.image_price(&info.size).unwrap_or(0);
+            Ok(Answer { body: body.to_vec(), units: Some(Units::Images { count, unit_price }), id: None })
+        }
+        Endpoint::Speech => Ok(Answer { body: body.to_vec(), units: Some(Units::Chars(info.chars)), id: None }),
+        Endpoint::Transcriptions => {
+            let units = transcription_units(body);
+            Ok(Answer { body: body.to_vec(), units, id: None })
+        }
+    }
+}
+
+fn chat_response(kind: ProviderKind, body: &[u8], slug: &str, json_mode: bool) -> Result<Answer, TranslateFailure> {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Mock => {
             let (out, usage) = openai::rewrite_chat_response(body, slug);
             let id = openai::response_id(&out);
-            Ok(Completion { body: out, usage, id })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), id })
         }
         ProviderKind::Anthropic => {
-            let t = anthropic::translate_message(body, slug, json_mode).map_err(|e| bad(e.message))?;
-            Ok(Completion { body: t.body, usage: t.usage, id: Some(t.id) })
+            let t = anthropic::translate_message(body, slug, json_mode).map_err(|e| TranslateFailure { message: e.message })?;
+            Ok(Answer { body: t.body, units: t.usage.map(Units::Tokens), id: Some(t.id) })
         }
         ProviderKind::Gemini => {
-            let (out, usage) = gemini::translate_response(body, slug).map_err(|e| bad(e.message))?;
+            let (out, usage) = gemini::translate_response(body, slug).map_err(|e| TranslateFailure { message: e.message })?;
             let id = openai::response_id(&out);
             // Gemini without usageMetadata reports zeros: treat as unreported, so it is estimated.
             let usage = (usage.prompt_tokens > 0 || usage.completion_tokens > 0).then_some(usage);
-            Ok(Completion { body: out, usage, id })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), id })
         }
+    }
+}
+
+struct TranslateFailure {
+    message: String,
+}
+
+/// A transcription's `usage`: `{"type":"duration","seconds":S}` or
+/// `{"type":"tokens","input_tokens":I,"output_tokens":O}`.
+fn transcription_units(body: &[u8]) -> Option<Units> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let u = v.get("usage")?;
+    match u.get("type").and_then(|t| t.as_str()) {
+        Some("duration") => Some(Units::AudioSeconds(u.get("seconds")?.as_f64()?.ceil().max(0.0) as u64)),
+        Some("tokens") => Some(Units::Tokens(Usage {
+            prompt_tokens: u.get("input_tokens")?.as_u64()?,
+            completion_tokens: u.get("output_tokens").and_then(|o| o.as_u64()).unwrap_or(0),
+            ..Default::default()
+        })),
+        _ => None,
+    }
+}
+
+/// Units for an answer that reported none: counted from what can be seen, marked estimated.
+pub fn estimated_units(endpoint: Endpoint, info: &RequestInfo, request_bytes: usize, answer: &[u8]) -> Units {
+    match endpoint {
+        Endpoint::Embeddings => Units::Tokens(Usage {
+            prompt_tokens: estimate::tokens_from_chars(request_bytes as u64),
+            ..Default::default()
+        }),
+        // About 2.5 spoken words per second, about 6 characters per word.
+        Endpoint::Transcriptions => Units::AudioSeconds((answer.len() as u64).div_ceil(15).max(1)),
+        Endpoint::Speech => Units::Chars(info.chars),
+        _ => Units::Tokens(Usage {
+            prompt_tokens: estimate::tokens_from_chars(request_bytes as u64),
+            completion_tokens: estimate::tokens_from_chars(answer.len() as u64),
+            ..Default::default()
+        }),
     }
 }

@@ -254,13 +254,17 @@ impl Gateway {
         Gateway::start_extra("")
     }
 
+    /// Prices in these tests are exact list prices: no markup tiers unless `extra` sets
+    /// `[billing]` itself.
     pub fn start_extra(extra: &str) -> Gateway {
         let mock = Mock::start_with(&["--api-key", PROVIDER_KEY]);
         let dir = scratch_dir("gw");
         let port = free_port();
         let metrics_port = free_port();
         let config_path = dir.join("tollgate.toml");
-        std::fs::write(&config_path, config_for(port, metrics_port, &dir.join("data"), mock.port, extra)).unwrap();
+        let flat = if extra.contains("[billing]") { String::new() } else { "\n[billing]\ntiers = []\n".to_string() };
+        let extra = format!("{extra}{flat}");
+        std::fs::write(&config_path, config_for(port, metrics_port, &dir.join("data"), mock.port, &extra)).unwrap();
         let mut gw = Gateway {
             port,
             metrics_port,

@@ -68,7 +68,6 @@ fn byok_is_disabled_without_a_master_key() {
 
 /// A request of an account with its own key for the provider goes upstream with that key.
 #[test]
-#[ignore = "needs the proxy to send app.byok_key(account, provider) upstream and add billing.byok_fee (lead's wiring)"]
 fn byok_key_is_sent_upstream_instead_of_the_gateways() {
     let gw = Gateway::start_accounts("", "");
     let (id, _, token) = gw.signed_up("byokup");

@@ -179,7 +179,6 @@ fn revocation_under_load_is_immediate() {
 /// Tokens per minute: a request is admitted while the tokens already counted in the last
 /// minute are under the limit, so the request that crosses it is the last one served.
 #[test]
-#[ignore = "needs the proxy to call app.tpm.check_tpm / record_tokens (lead's wiring in gateway.rs)"]
 fn tokens_per_minute_refuse_at_the_boundary() {
     let gw = Gateway::start_accounts("", "");
     let (_, token) = funded(&gw, "5");

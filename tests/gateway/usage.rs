@@ -164,7 +164,6 @@ markup_percent = 25
 
 /// The account-wide monthly cap holds for 100 concurrent requests over several keys.
 #[test]
-#[ignore = "needs the proxy to reserve with app.reserve_account and settle the hold (lead's wiring in gateway.rs)"]
 fn account_monthly_cap_holds_under_100_concurrent_requests() {
     let gw = Gateway::start_accounts("", "");
     let (id, _, token) = gw.signed_up("cap");
