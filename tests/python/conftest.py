@@ -81,6 +81,9 @@ data_dir = "{self.dir / 'data'}"
 metrics_listen = ""
 threads = 2
 
+[billing]
+tiers = []   # exact list prices in these tests
+
 [providers.mock]
 kind = "mock"
 base_url = "http://127.0.0.1:{self.mock_port}/v1"
