@@ -199,6 +199,54 @@ output_per_mtok = 2.50
 capabilities = ["tools", "vision", "json"]
 
 [[models]]
+slug = "mock/embed"
+provider = "mock"
+upstream_model = "embed-upstream"
+context_length = 8192
+input_per_mtok = 0.02
+output_per_mtok = 0
+endpoints = ["embeddings"]
+
+[[models]]
+slug = "mock/image"
+provider = "mock"
+upstream_model = "image-upstream"
+context_length = 4000
+input_per_mtok = 0
+output_per_mtok = 0
+endpoints = ["images"]
+image_prices = {{ "1024x1024" = 0.04, "1792x1024" = 0.08 }}
+
+[[models]]
+slug = "mock/tts"
+provider = "mock"
+upstream_model = "tts-upstream"
+context_length = 4096
+input_per_mtok = 0
+output_per_mtok = 0
+endpoints = ["speech"]
+input_per_mchar = 15.0
+
+[[models]]
+slug = "mock/whisper"
+provider = "mock"
+upstream_model = "whisper-upstream"
+context_length = 4096
+input_per_mtok = 0
+output_per_mtok = 0
+endpoints = ["transcriptions"]
+audio_per_minute = 0.006
+
+[[models]]
+slug = "google/embed-test"
+provider = "gem"
+upstream_model = "text-embedding-004"
+context_length = 2048
+input_per_mtok = 0.15
+output_per_mtok = 0
+endpoints = ["embeddings"]
+
+[[models]]
 slug = "dead/model"
 provider = "dead"
 upstream_model = "x"

@@ -22,7 +22,7 @@ fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("models[0].input_per_mtok"), "{err}");
-    assert!(err.contains("models[4].provider"), "{err}");
+    assert!(err.contains("models[9].provider"), "{err}");
     assert!(err.contains("unknown provider 'ghost'"), "{err}");
 
     let out = Command::new(BIN).args(["check", "--config"]).arg(dir.join("missing.toml")).output().unwrap();

@@ -8,6 +8,7 @@ mod accounts;
 mod billing;
 mod bodies;
 mod byok;
+mod endpoints;
 mod errors;
 mod keys;
 mod lifecycle;
