@@ -9,9 +9,11 @@
 //! Routes (each also without the `/v1` prefix):
 //! - `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
 //!   `GET /v1/models`, `GET /v1/models/{id}`: see [`openai`] for the replies and token counts;
+//! - `POST /v1/images/generations`, `POST /v1/audio/speech`, `POST /v1/audio/transcriptions`
+//!   (multipart): OpenAI's media endpoints ([`media`], [`multipart`]);
 //! - `POST /v1/messages`, `POST /v1/messages/count_tokens`: Anthropic's format ([`anthropic`]);
-//! - `POST /v1beta/models/{model}:generateContent` / `:streamGenerateContent[?alt=sse]`:
-//!   Gemini's format ([`gemini`]);
+//! - `POST /v1beta/models/{model}:generateContent` / `:streamGenerateContent[?alt=sse]`,
+//!   `:embedContent`, `:batchEmbedContents`: Gemini's format ([`gemini`]);
 //! - `GET|DELETE /_mock/requests`, `GET /_mock/requests/last`: the request log
 //!   ([`LoggedRequest::to_json`]);
 //! - `GET|POST|DELETE /_mock/faults`: the global [`FaultConfig`] (see [`faults`]);
@@ -21,12 +23,18 @@
 //! (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`/`?key=`) → `x-mock-*` headers parsed
 //! (400 if malformed) → delay → hang → injected status → the reply. Errors always come in the
 //! route's provider shape.
+//!
+//! All three chat formats make tool calls, answer tool results, honour JSON mode and count
+//! images the same way: see [`tools`].
 
 pub mod anthropic;
 pub mod faults;
 pub mod gemini;
+pub mod media;
+pub mod multipart;
 pub mod openai;
 pub mod server;
+pub mod tools;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -193,6 +201,8 @@ pub struct LoggedRequest {
     /// Length of the whole body, even when `body` was trimmed.
     pub body_len: usize,
     pub body: Bytes,
+    /// For a multipart body: [`multipart::log_summary`] (text fields, file names and sizes).
+    pub form: Option<Value>,
 }
 
 impl LoggedRequest {
@@ -207,9 +217,11 @@ impl LoggedRequest {
         }
     }
 
-    /// `{"method","path","headers":{name: value},"body_len","body","body_truncated","json"}`:
-    /// header names are lower-case, repeated headers are joined with ", ", `body` is the body as
-    /// (lossy) UTF-8 and `json` the parsed body, or null when it is not complete JSON.
+    /// `{"method","path","headers":{name: value},"body_len","body","body_truncated","json",
+    /// "model","form"}`: header names are lower-case, repeated headers are joined with ", ",
+    /// `body` is the body as (lossy) UTF-8 and `json` the parsed body, or null when it is not
+    /// complete JSON; `model` is the JSON body's `model` or a multipart body's `model` field
+    /// (else null); `form` is the multipart summary (else null).
     pub fn to_json(&self) -> Value {
         let mut headers = Map::new();
         for (name, value) in &self.headers {
@@ -229,6 +241,11 @@ impl LoggedRequest {
         } else {
             serde_json::from_slice(&self.body).unwrap_or(Value::Null)
         };
+        let model = parsed
+            .get("model")
+            .or_else(|| self.form.as_ref()?.get("fields")?.get("model"))
+            .cloned()
+            .unwrap_or(Value::Null);
         json!({
             "method": self.method,
             "path": self.path,
@@ -237,6 +254,8 @@ impl LoggedRequest {
             "body": String::from_utf8_lossy(&self.body),
             "body_truncated": self.body_truncated(),
             "json": parsed,
+            "model": model,
+            "form": self.form,
         })
     }
 }
@@ -256,6 +275,7 @@ mod tests {
             headers,
             body_len: body.len(),
             body: Bytes::copy_from_slice(body),
+            form: None,
         }
     }
 

@@ -3,20 +3,28 @@
 //!
 //! Token accounting (what the gateway's metering and billing are checked against):
 //! - chat `prompt_tokens` = Σ over messages of `ceil(text_bytes / 4) + 3`, where `text_bytes` is
-//!   the UTF-8 length of a string `content`, or the sum of the `text` fields of its content parts
-//!   (images, tool calls and names count nothing);
+//!   the UTF-8 length of a string `content`, or the sum of the `text` fields of its content parts,
+//!   plus 85 per `image_url` part (tool calls, tool declarations and names count nothing);
 //! - completions / embeddings `prompt_tokens` = Σ over inputs of `ceil(bytes / 4)` for strings,
 //!   or the array length for pre-tokenized inputs;
 //! - `completion_tokens` = number of words in the reply, which is exactly the number of content
 //!   chunks when streamed, times `n` when several choices are asked for. The smaller of
 //!   `max_tokens` / `max_completion_tokens` cuts the reply to that many words and turns
 //!   `finish_reason` into `"length"`.
+//!
+//! Tools (see [`super::tools`]): with function `tools` declared and a `user` message last, the
+//! answer is one call (`id: "call_mock_<n>"`, `finish_reason: "tool_calls"`, `content: null`);
+//! a `tool` message last is answered in text. `response_format` `json_object`/`json_schema`
+//! turns on JSON mode.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::tools::{choose_call, content_tokens, result_content, tool_result_text};
+use super::tools::{Choice, ToolCall, ToolDecl, Turn};
 
 pub const SYSTEM_FINGERPRINT: &str = "fp_mock";
 /// Longest reply the mock will generate, whatever `x-mock-words` says.
@@ -142,10 +150,18 @@ struct RawChat {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     n: Option<u32>,
+    #[serde(default)]
+    tools: Value,
+    #[serde(default)]
+    tool_choice: Value,
+    #[serde(default)]
+    response_format: Value,
 }
 
 #[derive(Deserialize)]
 struct RawMessage {
+    #[serde(default)]
+    role: Option<String>,
     #[serde(default)]
     content: Value,
 }
@@ -161,6 +177,10 @@ pub struct ChatRequest {
     pub prompt_tokens: u64,
     /// Number of choices (`n`, 1..=[`MAX_CHOICES`]); each is the same reply.
     pub n: u32,
+    /// Call a tool, answer a tool result, or just chat (see [`super::tools`]).
+    pub turn: Turn,
+    /// `response_format` `json_object` / `json_schema`.
+    pub json_mode: bool,
 }
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -178,6 +198,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             Some("n"),
         ));
     }
+    let turn = chat_turn(&messages, &raw.tools, &raw.tool_choice)?;
+    let json_mode = matches!(
+        raw.response_format.get("type").and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    );
     Ok(ChatRequest {
         model,
         stream: raw.stream.unwrap_or(false),
@@ -190,9 +215,57 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         message_count: messages.len(),
         prompt_tokens: messages
             .iter()
-            .map(|m| tokens_for_bytes(text_bytes(&m.content)) + 3)
+            .map(|m| content_tokens(&m.content) + 3)
             .sum(),
+        turn,
+        json_mode,
     })
+}
+
+/// A `tool` (or legacy `function`) message last: answer it; a `user` message last with function
+/// tools declared: call one; anything else: chat.
+fn chat_turn(messages: &[RawMessage], tools: &Value, choice: &Value) -> Result<Turn, ApiError> {
+    let Some(last) = messages.last() else {
+        return Ok(Turn::Chat);
+    };
+    match last.role.as_deref() {
+        Some("tool" | "function") => Ok(Turn::ToolResult(tool_result_text(&result_content(
+            &last.content,
+        )))),
+        Some("user") => {
+            let Value::Array(tools) = tools else {
+                return Ok(Turn::Chat);
+            };
+            let decls: Vec<ToolDecl> = tools
+                .iter()
+                .filter(|t| t.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
+                .filter_map(|t| {
+                    let f = t.get("function")?;
+                    Some(ToolDecl {
+                        name: f.get("name")?.as_str()?,
+                        schema: f.get("parameters"),
+                    })
+                })
+                .collect();
+            let choice = match choice {
+                Value::String(s) if s == "none" => Choice::None,
+                Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+                    Some("function") => match choice.pointer("/function/name").and_then(Value::as_str) {
+                        Some(name) => Choice::Named(name),
+                        None => Choice::First,
+                    },
+                    Some("allowed_tools") => match choice.pointer("/allowed_tools/tools") {
+                        Some(Value::Array(list)) => Choice::Allowed(list),
+                        _ => Choice::First,
+                    },
+                    _ => Choice::First,
+                },
+                _ => Choice::First,
+            };
+            Ok(choose_call(&decls, choice, "tool_choice")?.map_or(Turn::Chat, Turn::Call))
+        }
+        _ => Ok(Turn::Chat),
+    }
 }
 
 /// UTF-8 bytes of a message's text: a string, or the `text` of each content part.
@@ -423,7 +496,7 @@ pub fn build_reply(message_count: usize, words: Option<u32>, max_tokens: Option<
 }
 
 /// FNV-1a: a stable seed for the embedding of an input.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -702,13 +775,13 @@ pub struct Event {
 }
 
 #[derive(Serialize)]
-struct ChatChunk<'a> {
+struct ChatChunk<'a, D> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
     system_fingerprint: &'static str,
-    choices: &'a [ChunkChoice<'a>],
+    choices: &'a [ChunkChoice<'a, D>],
     /// `None` omits the field (usage not requested), `Some(None)` is OpenAI's `"usage": null`
     /// on every chunk but the last when `include_usage` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -716,9 +789,9 @@ struct ChatChunk<'a> {
 }
 
 #[derive(Serialize)]
-struct ChunkChoice<'a> {
+struct ChunkChoice<'a, D> {
     index: u32,
-    delta: Delta<'a>,
+    delta: D,
     logprobs: Option<()>,
     finish_reason: Option<&'a str>,
 }
@@ -731,27 +804,58 @@ struct Delta<'a> {
     content: Option<&'a str>,
 }
 
+/// One `chat.completion.chunk` event with one choice.
+fn chat_chunk<D: Serialize>(
+    meta: &Meta,
+    usage: Option<Option<Usage>>,
+    index: u32,
+    delta: D,
+    finish_reason: Option<&str>,
+) -> Bytes {
+    let choice = ChunkChoice {
+        index,
+        delta,
+        logprobs: None,
+        finish_reason,
+    };
+    sse(&to_vec(&ChatChunk {
+        id: meta.id,
+        object: "chat.completion.chunk",
+        created: meta.created,
+        model: meta.model,
+        system_fingerprint: SYSTEM_FINGERPRINT,
+        choices: std::slice::from_ref(&choice),
+        usage,
+    }))
+}
+
+/// The last events of a chat stream: the usage chunk (`choices: []`) if asked for, `[DONE]`.
+fn push_usage_and_done(events: &mut Vec<Event>, meta: &Meta, usage: Option<Usage>) {
+    if let Some(usage) = usage {
+        let last = sse(&to_vec(&ChatChunk::<Delta> {
+            id: meta.id,
+            object: "chat.completion.chunk",
+            created: meta.created,
+            model: meta.model,
+            system_fingerprint: SYSTEM_FINGERPRINT,
+            choices: &[],
+            usage: Some(Some(usage)),
+        }));
+        events.push(event(EventKind::Usage, last));
+    }
+    events.push(event(
+        EventKind::Done,
+        Bytes::from_static(b"data: [DONE]\n\n"),
+    ));
+}
+
 /// Every event of a streamed chat completion, in order. `usage: Some` means the client asked
 /// for `stream_options.include_usage` (and no fault suppresses it). With `n > 1` each step is
 /// sent once per choice index, interleaved as OpenAI does.
 pub fn chat_stream(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> Vec<Event> {
     let null_usage = usage.map(|_| None);
     let chunk = |index: u32, delta: Delta, finish_reason: Option<&str>| {
-        let choice = ChunkChoice {
-            index,
-            delta,
-            logprobs: None,
-            finish_reason,
-        };
-        sse(&to_vec(&ChatChunk {
-            id: meta.id,
-            object: "chat.completion.chunk",
-            created: meta.created,
-            model: meta.model,
-            system_fingerprint: SYSTEM_FINGERPRINT,
-            choices: std::slice::from_ref(&choice),
-            usage: null_usage,
-        }))
+        chat_chunk(&meta, null_usage, index, delta, finish_reason)
     };
     let delta = |role, content| Delta { role, content };
     let mut events = Vec::with_capacity((reply.chunks.len() + 2) * n as usize + 2);
@@ -771,22 +875,193 @@ pub fn chat_stream(meta: Meta, reply: &Reply, n: u32, usage: Option<Usage>) -> V
         let finish = chunk(i, delta(None, None), Some(reply.finish_reason));
         events.push(event(EventKind::Finish, finish));
     }
-    if let Some(usage) = usage {
-        let last = sse(&to_vec(&ChatChunk {
-            id: meta.id,
-            object: "chat.completion.chunk",
-            created: meta.created,
-            model: meta.model,
-            system_fingerprint: SYSTEM_FINGERPRINT,
-            choices: &[],
-            usage: Some(Some(usage)),
-        }));
-        events.push(event(EventKind::Usage, last));
+    push_usage_and_done(&mut events, &meta, usage);
+    events
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tool calls
+
+/// The id of choice `index`'s call: `call_mock_<n>`, then `call_mock_<n>_<index>` for the other
+/// choices so every id in a response is unique.
+pub fn tool_call_id(base: &str, index: u32) -> String {
+    if index == 0 {
+        base.to_string()
+    } else {
+        format!("{base}_{index}")
     }
-    events.push(event(
-        EventKind::Done,
-        Bytes::from_static(b"data: [DONE]\n\n"),
-    ));
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+/// A chat completion whose `n` choices each make the call (`content: null`,
+/// `finish_reason: "tool_calls"`); `call_id` is the first choice's call id.
+pub fn chat_tool_completion(
+    meta: Meta,
+    call: &ToolCall,
+    call_id: &str,
+    n: u32,
+    usage: Option<Usage>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: Vec<Choice<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        system_fingerprint: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Choice<'a> {
+        index: u32,
+        message: Message<'a>,
+        logprobs: Option<()>,
+        finish_reason: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        role: &'static str,
+        content: Option<()>,
+        tool_calls: [ToolCallOut<'a>; 1],
+        refusal: Option<()>,
+        annotations: [(); 0],
+    }
+    let arguments = call.arguments();
+    let ids: Vec<String> = (0..n).map(|i| tool_call_id(call_id, i)).collect();
+    to_vec(&Body {
+        id: meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model,
+        choices: ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| Choice {
+                index: index as u32,
+                message: Message {
+                    role: "assistant",
+                    content: None,
+                    tool_calls: [ToolCallOut {
+                        id,
+                        kind: "function",
+                        function: FunctionOut {
+                            name: &call.name,
+                            arguments: &arguments,
+                        },
+                    }],
+                    refusal: None,
+                    annotations: [],
+                },
+                logprobs: None,
+                finish_reason: "tool_calls",
+            })
+            .collect(),
+        usage,
+        system_fingerprint: SYSTEM_FINGERPRINT,
+    })
+}
+
+/// A streamed call, as OpenAI sends one: per choice a head chunk with the role, `content: null`
+/// and the call's `index`/`id`/`type`/`name` with empty `arguments`; then the arguments in
+/// pieces ([`super::tools::argument_pieces`], at least 2) under the same `index`; then an empty
+/// delta with `finish_reason: "tool_calls"`, the optional usage chunk and `[DONE]`.
+pub fn chat_tool_stream(
+    meta: Meta,
+    call: &ToolCall,
+    call_id: &str,
+    n: u32,
+    usage: Option<Usage>,
+) -> Vec<Event> {
+    #[derive(Serialize)]
+    struct HeadDelta<'a> {
+        role: &'static str,
+        content: Option<()>,
+        tool_calls: [HeadCall<'a>; 1],
+        refusal: Option<()>,
+    }
+    #[derive(Serialize)]
+    struct HeadCall<'a> {
+        index: u32,
+        id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: FunctionOut<'a>,
+    }
+    #[derive(Serialize)]
+    struct ArgsDelta<'a> {
+        tool_calls: [ArgsCall<'a>; 1],
+    }
+    #[derive(Serialize)]
+    struct ArgsCall<'a> {
+        index: u32,
+        function: ArgsOnly<'a>,
+    }
+    #[derive(Serialize)]
+    struct ArgsOnly<'a> {
+        arguments: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Empty {}
+
+    let null_usage = usage.map(|_| None);
+    let arguments = call.arguments();
+    let pieces = super::tools::argument_pieces(&arguments);
+    let mut events = Vec::with_capacity((pieces.len() + 2) * n as usize + 2);
+    for i in 0..n {
+        let id = tool_call_id(call_id, i);
+        let delta = HeadDelta {
+            role: "assistant",
+            content: None,
+            tool_calls: [HeadCall {
+                index: 0,
+                id: &id,
+                kind: "function",
+                function: FunctionOut {
+                    name: &call.name,
+                    arguments: "",
+                },
+            }],
+            refusal: None,
+        };
+        events.push(event(
+            EventKind::Head,
+            chat_chunk(&meta, null_usage, i, delta, None),
+        ));
+    }
+    for piece in &pieces {
+        for i in 0..n {
+            let delta = ArgsDelta {
+                tool_calls: [ArgsCall {
+                    index: 0,
+                    function: ArgsOnly { arguments: piece },
+                }],
+            };
+            events.push(event(
+                EventKind::Content,
+                chat_chunk(&meta, null_usage, i, delta, None),
+            ));
+        }
+    }
+    for i in 0..n {
+        let finish = chat_chunk(&meta, null_usage, i, Empty {}, Some("tool_calls"));
+        events.push(event(EventKind::Finish, finish));
+    }
+    push_usage_and_done(&mut events, &meta, usage);
     events
 }
 
@@ -886,13 +1161,13 @@ mod tests {
                     {"type": "text", "text": "abc"},                 // 3 bytes
                     {"type": "image_url", "image_url": {"url": "x"}},
                     {"type": "text", "text": "de"}                   // +2 = 5 bytes -> 2 + 3
-                ]},
+                ]},                                                  // + 85 for the image
                 {"role": "assistant", "content": null, "tool_calls": []} // 0 + 3
             ]
         });
         let req = parse_chat(body.to_string().as_bytes()).unwrap();
         assert_eq!(req.message_count, 3);
-        assert_eq!(req.prompt_tokens, 5 + 5 + 3);
+        assert_eq!(req.prompt_tokens, 5 + (5 + 85) + 3);
         assert!(!req.stream && !req.include_usage);
     }
 
@@ -1154,4 +1429,156 @@ mod tests {
         let v: Value = serde_json::from_slice(&model_object("x/y")).unwrap();
         assert_eq!(v["id"], "x/y");
     }
+
+    fn weather_tools() -> Value {
+        json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
+                "required": ["location"]}}},
+            {"type": "function", "function": {"name": "get_time", "parameters": {
+                "type": "object", "properties": {"tz": {"type": "integer"}}, "required": ["tz"]}}}
+        ])
+    }
+
+    fn turn_of(extra: Value, messages: Value) -> Result<Turn, ApiError> {
+        let mut body = json!({"model": "m", "messages": messages});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        parse_chat(body.to_string().as_bytes()).map(|r| r.turn)
+    }
+
+    #[test]
+    fn tool_call_detection() {
+        let user = json!([{"role": "user", "content": "weather?"}]);
+        let call = |turn: Turn| match turn {
+            Turn::Call(c) => (c.name.clone(), c.arguments()),
+            other => panic!("{other:?}"),
+        };
+        let t = turn_of(json!({"tools": weather_tools()}), user.clone()).unwrap();
+        assert_eq!(call(t), ("get_weather".into(), r#"{"location":"mock"}"#.into()));
+        for choice in [json!("auto"), json!("required")] {
+            let t = turn_of(json!({"tools": weather_tools(), "tool_choice": choice}), user.clone());
+            assert_eq!(call(t.unwrap()).0, "get_weather");
+        }
+        let forced = json!({"type": "function", "function": {"name": "get_time"}});
+        let t = turn_of(json!({"tools": weather_tools(), "tool_choice": forced}), user.clone());
+        assert_eq!(call(t.unwrap()), ("get_time".into(), r#"{"tz":1}"#.into()));
+        let allowed = json!({"type": "allowed_tools", "allowed_tools": {"mode": "required",
+            "tools": [{"type": "function", "function": {"name": "get_time"}}]}});
+        let t = turn_of(json!({"tools": weather_tools(), "tool_choice": allowed}), user.clone());
+        assert_eq!(call(t.unwrap()).0, "get_time");
+        let unknown = json!({"type": "function", "function": {"name": "nope"}});
+        let err = turn_of(json!({"tools": weather_tools(), "tool_choice": unknown}), user.clone())
+            .unwrap_err();
+        assert_eq!((err.status, err.param), (400, Some("tool_choice")));
+
+        // No call: tool_choice none, no tools, no function tools, or not a user turn last.
+        let none = turn_of(json!({"tools": weather_tools(), "tool_choice": "none"}), user.clone());
+        assert_eq!(none.unwrap(), Turn::Chat);
+        assert_eq!(turn_of(json!({}), user.clone()).unwrap(), Turn::Chat);
+        let custom = json!([{"type": "custom", "custom": {"name": "x"}}]);
+        assert_eq!(turn_of(json!({"tools": custom}), user.clone()).unwrap(), Turn::Chat);
+        let prefill = json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]);
+        assert_eq!(turn_of(json!({"tools": weather_tools()}), prefill).unwrap(), Turn::Chat);
+
+        // A tool result last is answered in text, tools declared or not.
+        let result = json!([
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}
+        ]);
+        let t = turn_of(json!({"tools": weather_tools()}), result.clone()).unwrap();
+        assert_eq!(t, Turn::ToolResult("The tool returned: {\"temp\": 21}".into()));
+        let mut parts = result;
+        parts[2]["content"] = json!([{"type": "text", "text": "sunny"}]);
+        assert_eq!(
+            turn_of(json!({}), parts).unwrap(),
+            Turn::ToolResult("The tool returned: sunny".into())
+        );
+    }
+
+    #[test]
+    fn json_mode_flag() {
+        let user = json!([{"role": "user", "content": "x"}]);
+        let mode = |rf: Value| {
+            let body = json!({"model": "m", "messages": user, "response_format": rf});
+            parse_chat(body.to_string().as_bytes()).unwrap().json_mode
+        };
+        assert!(mode(json!({"type": "json_object"})));
+        assert!(mode(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})));
+        assert!(!mode(json!({"type": "text"})));
+        assert!(!mode(Value::Null));
+    }
+
+    fn sample_call() -> ToolCall {
+        let schema = json!({"type": "object", "properties": {"location": {"type": "string"}},
+                            "required": ["location"]});
+        ToolCall {
+            name: "get_weather".into(),
+            args: super::super::tools::synthesize_args(Some(&schema)),
+        }
+    }
+
+    #[test]
+    fn tool_call_completion_shape() {
+        let call = sample_call();
+        let body = chat_tool_completion(META, &call, "call_mock_7", 2, Some(Usage::new(9, 5)));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["role"], "assistant");
+        assert!(choice["message"]["content"].is_null());
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([{"id": "call_mock_7", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"location\":\"mock\"}"}}])
+        );
+        assert_eq!(v["choices"][1]["message"]["tool_calls"][0]["id"], "call_mock_7_1");
+        assert_eq!(v["usage"]["completion_tokens"], 5);
+    }
+
+    #[test]
+    fn tool_call_stream_sequence() {
+        let call = sample_call();
+        let events = chat_tool_stream(META, &call, "call_mock_7", 1, Some(Usage::new(9, 5)));
+        use EventKind as K;
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        // Head, 5 argument pieces (19 bytes in 4-byte pieces), finish, usage, [DONE].
+        let mut want = vec![K::Head];
+        want.extend([K::Content; 5]);
+        want.extend([K::Finish, K::Usage, K::Done]);
+        assert_eq!(kinds, want);
+        let v = parse_sse(&events);
+        assert_eq!(
+            v[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "index": 0, "id": "call_mock_7", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        let mut args = String::new();
+        for c in &v[1..6] {
+            let tc = &c["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(tc["index"], 0);
+            assert!(tc.get("id").is_none() && tc["function"].get("name").is_none());
+            args.push_str(tc["function"]["arguments"].as_str().unwrap());
+            assert!(c["usage"].is_null());
+        }
+        assert_eq!(args, call.arguments());
+        assert_eq!(v[6]["choices"][0]["delta"], json!({}));
+        assert_eq!(v[6]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v[7]["choices"], json!([]));
+        assert_eq!(v[7]["usage"]["completion_tokens"], 5);
+
+        // Two choices: each with its own id, steps interleaved; no usage key without usage.
+        let events = chat_tool_stream(META, &call, "call_mock_7", 2, None);
+        let v = parse_sse(&events);
+        assert_eq!(v[1]["choices"][0]["index"], 1);
+        assert_eq!(v[1]["choices"][0]["delta"]["tool_calls"][0]["id"], "call_mock_7_1");
+        assert!(v.iter().all(|c| c.get("usage").is_none()));
+    }
+
 }

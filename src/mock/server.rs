@@ -17,7 +17,8 @@ use pingora::services::listening::Service;
 
 use super::faults::{FaultConfig, Faults, HANG_LIMIT};
 use super::openai::{self, ApiError, Event, EventKind, Meta, Usage};
-use super::{anthropic, gemini};
+use super::tools::{self, Plan};
+use super::{anthropic, gemini, media, multipart};
 use super::{LoggedRequest, MockState};
 
 /// Request bodies above this get a 413: far above any real prompt, low enough to stay safe.
@@ -166,6 +167,17 @@ enum Route {
         model: String,
         stream: bool,
     },
+    /// Gemini `POST /v1beta/models/{model}:embedContent` or `:batchEmbedContents`.
+    GeminiEmbed {
+        model: String,
+        batch: bool,
+    },
+    /// OpenAI `POST /v1/images/generations`.
+    Images,
+    /// OpenAI `POST /v1/audio/speech`.
+    Speech,
+    /// OpenAI `POST /v1/audio/transcriptions`.
+    Transcriptions,
     Health,
     Requests,
     LastRequest,
@@ -207,6 +219,9 @@ impl Route {
             "/models" => allowed(get, Route::Models),
             "/messages" => allowed(post, Route::Messages),
             "/messages/count_tokens" => allowed(post, Route::CountTokens),
+            "/images/generations" => allowed(post, Route::Images),
+            "/audio/speech" => allowed(post, Route::Speech),
+            "/audio/transcriptions" => allowed(post, Route::Transcriptions),
             "/_mock/health" => allowed(get, Route::Health),
             "/_mock/requests" => allowed(get || delete, Route::Requests),
             "/_mock/requests/last" => allowed(get, Route::LastRequest),
@@ -228,6 +243,14 @@ impl Route {
                         model: model.to_string(),
                         stream: true,
                     },
+                    Some((model, "embedContent")) => Route::GeminiEmbed {
+                        model: model.to_string(),
+                        batch: false,
+                    },
+                    Some((model, "batchEmbedContents")) => Route::GeminiEmbed {
+                        model: model.to_string(),
+                        batch: true,
+                    },
                     Some(_) => Route::NotFound,
                     None => allowed(get, Route::Model(rest.to_string())),
                 }
@@ -238,7 +261,7 @@ impl Route {
 
     fn only_post_for_gemini(self, post: bool) -> Route {
         match self {
-            Route::Gemini { .. } if !post => Route::BadMethod,
+            Route::Gemini { .. } | Route::GeminiEmbed { .. } if !post => Route::BadMethod,
             route => route,
         }
     }
@@ -253,7 +276,7 @@ impl Route {
     fn dialect(&self) -> Dialect {
         match self {
             Route::Messages | Route::CountTokens => Dialect::Anthropic,
-            Route::Gemini { .. } => Dialect::Gemini,
+            Route::Gemini { .. } | Route::GeminiEmbed { .. } => Dialect::Gemini,
             _ => Dialect::OpenAi,
         }
     }
@@ -325,7 +348,18 @@ impl Dialect {
 /// What a provider route answers, before faults decide how it is delivered.
 enum Answer {
     Json(Vec<u8>),
+    /// A complete body with its own content type and extra response headers.
+    Body {
+        content_type: &'static str,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    },
     Sse(Vec<Event>),
+    /// Raw bytes written chunk by chunk (speech audio).
+    Chunks {
+        content_type: &'static str,
+        chunks: Vec<Bytes>,
+    },
     Error(ApiError),
 }
 
@@ -360,7 +394,17 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
     }
 
     let req = session.req_header();
+    let content_type = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     if state.log_enabled() {
+        // Multipart bodies are summarized (fields, file sizes) so the log shows their `model`.
+        let form = content_type
+            .as_deref()
+            .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/"))
+            .map(|ct| multipart::log_summary(ct, &body));
         state.record(LoggedRequest {
             method: method.to_string(),
             path: req
@@ -371,6 +415,7 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
             headers: req.headers.clone(),
             body_len: body.len(),
             body: body.clone(),
+            form,
         });
     }
 
@@ -435,12 +480,70 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
         Route::Gemini { model, stream } => {
             generate(id, &model, stream, sse_requested, &body, &faults)
         }
+        Route::GeminiEmbed { model, batch } => {
+            let json = if batch {
+                gemini::parse_batch_embed(&body, &model).map(|v| gemini::batch_embed_json(&v))
+            } else {
+                gemini::parse_embed(&body).map(|i| gemini::embed_json(&i))
+            };
+            json.map_or_else(Answer::Error, Answer::Json)
+        }
+        Route::Images => match media::parse_images(&body) {
+            Ok(req) => Answer::Body {
+                content_type: JSON,
+                body: media::images_json(&req, unix_now(), id),
+                headers: vec![("x-mock-size", req.size)],
+            },
+            Err(err) => Answer::Error(err),
+        },
+        Route::Speech => match media::parse_speech(&body) {
+            Ok(req) => Answer::Chunks {
+                content_type: req.content_type,
+                chunks: media::speech_chunks(&req),
+            },
+            Err(err) => Answer::Error(err),
+        },
+        Route::Transcriptions => match media::transcribe(content_type.as_deref(), &body) {
+            Ok(t) => Answer::Body {
+                content_type: t.content_type,
+                body: t.body,
+                headers: Vec::new(),
+            },
+            Err(err) => Answer::Error(err),
+        },
         // Answered above.
         _ => Answer::Error(ApiError::for_status(404, "Invalid URL")),
     };
     match answer {
         Answer::Json(body) => respond(session, 200, JSON, body).await,
-        Answer::Sse(events) => stream(session, dialect, events, &faults).await,
+        Answer::Body {
+            content_type,
+            body,
+            headers,
+        } => write_full(session, 200, content_type, body, &headers).await,
+        Answer::Sse(events) => {
+            stream(session, "text/event-stream", Some(dialect), events, &faults).await
+        }
+        Answer::Chunks {
+            content_type,
+            chunks,
+        } => {
+            // The last chunk counts as the finish, so a cut or error fault always fires.
+            let last = chunks.len().saturating_sub(1);
+            let events = chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, bytes)| Event {
+                    kind: if i == last {
+                        EventKind::Finish
+                    } else {
+                        EventKind::Content
+                    },
+                    bytes,
+                })
+                .collect();
+            stream(session, content_type, None, events, &faults).await
+        }
         Answer::Error(err) => respond_error(session, dialect, &err, None).await,
     }
 }
@@ -455,18 +558,43 @@ fn chat(id: u64, body: &[u8], faults: &Faults) -> Answer {
         Ok(req) => req,
         Err(err) => return Answer::Error(err),
     };
-    let reply = openai::build_reply(req.message_count, faults.words, req.max_tokens);
+    let plan = tools::plan(
+        req.turn,
+        req.json_mode,
+        req.message_count,
+        faults.words,
+        req.max_tokens,
+    );
+    let chat_id = format!("chatcmpl-mock-{id}");
+    let meta = Meta {
+        id: &chat_id,
+        created: unix_now(),
+        model: &req.model,
+    };
+    let reply = match plan {
+        Plan::Reply(reply) => reply,
+        Plan::Call(call) => {
+            let usage = Usage::new(
+                req.prompt_tokens,
+                call.completion_tokens() * u64::from(req.n),
+            );
+            let call_id = format!("call_mock_{id}");
+            return if req.stream {
+                let usage = usage_if(req.include_usage, faults, usage);
+                Answer::Sse(openai::chat_tool_stream(meta, &call, &call_id, req.n, usage))
+            } else {
+                let usage = usage_if(true, faults, usage);
+                Answer::Json(openai::chat_tool_completion(
+                    meta, &call, &call_id, req.n, usage,
+                ))
+            };
+        }
+    };
     // Every choice is the same reply, so each one costs its words.
     let usage = Usage::new(
         req.prompt_tokens,
         reply.completion_tokens() * u64::from(req.n),
     );
-    let id = format!("chatcmpl-mock-{id}");
-    let meta = Meta {
-        id: &id,
-        created: unix_now(),
-        model: &req.model,
-    };
     if req.stream {
         let usage = usage_if(req.include_usage, faults, usage);
         Answer::Sse(openai::chat_stream(meta, &reply, req.n, usage))
@@ -510,14 +638,38 @@ fn messages(id: u64, body: &[u8], faults: &Faults) -> Answer {
         let err = ApiError::invalid("max_tokens: Field required", Some("max_tokens"));
         return Answer::Error(err);
     };
-    let reply = openai::build_reply(req.message_count, faults.words, Some(max_tokens));
-    let usage = anthropic::Usage::new(req.input_tokens, reply.completion_tokens());
-    let usage = usage_if(true, faults, usage);
-    let id = format!("msg_mock_{id}");
-    if req.stream {
-        Answer::Sse(anthropic::message_stream(&id, &req.model, &reply, usage))
-    } else {
-        Answer::Json(anthropic::message_json(&id, &req.model, &reply, usage))
+    let plan = tools::plan(
+        req.turn,
+        req.json_mode,
+        req.message_count,
+        faults.words,
+        Some(max_tokens),
+    );
+    let msg_id = format!("msg_mock_{id}");
+    match plan {
+        Plan::Call(call) => {
+            let usage = anthropic::Usage::new(req.input_tokens, call.completion_tokens());
+            let usage = usage_if(true, faults, usage);
+            let tool_id = format!("toolu_mock_{id}");
+            if req.stream {
+                Answer::Sse(anthropic::message_tool_stream(
+                    &msg_id, &req.model, &tool_id, &call, usage,
+                ))
+            } else {
+                Answer::Json(anthropic::message_tool_json(
+                    &msg_id, &req.model, &tool_id, &call, usage,
+                ))
+            }
+        }
+        Plan::Reply(reply) => {
+            let usage = anthropic::Usage::new(req.input_tokens, reply.completion_tokens());
+            let usage = usage_if(true, faults, usage);
+            if req.stream {
+                Answer::Sse(anthropic::message_stream(&msg_id, &req.model, &reply, usage))
+            } else {
+                Answer::Json(anthropic::message_json(&msg_id, &req.model, &reply, usage))
+            }
+        }
     }
 }
 
@@ -526,14 +678,35 @@ fn generate(id: u64, model: &str, stream: bool, sse: bool, body: &[u8], faults: 
         Ok(req) => req,
         Err(err) => return Answer::Error(err),
     };
-    let reply = openai::build_reply(req.content_count, faults.words, req.max_output_tokens);
-    let usage = gemini::UsageMetadata::new(req.prompt_tokens, reply.completion_tokens());
-    let usage = usage_if(true, faults, usage);
+    let plan = tools::plan(
+        req.turn,
+        req.json_mode,
+        req.content_count,
+        faults.words,
+        req.max_output_tokens,
+    );
     let id = format!("mock-{id}");
-    match (stream, sse) {
-        (true, true) => Answer::Sse(gemini::generate_stream(&id, model, &reply, usage)),
-        (true, false) => Answer::Json(gemini::generate_array(&id, model, &reply, usage)),
-        (false, _) => Answer::Json(gemini::generate_json(&id, model, &reply, usage)),
+    match plan {
+        Plan::Call(call) => {
+            let usage = gemini::UsageMetadata::new(req.prompt_tokens, call.completion_tokens());
+            let usage = usage_if(true, faults, usage);
+            match (stream, sse) {
+                (true, true) => Answer::Sse(gemini::generate_call_stream(&id, model, &call, usage)),
+                (true, false) => {
+                    Answer::Json(gemini::generate_call_array(&id, model, &call, usage))
+                }
+                (false, _) => Answer::Json(gemini::generate_call_json(&id, model, &call, usage)),
+            }
+        }
+        Plan::Reply(reply) => {
+            let usage = gemini::UsageMetadata::new(req.prompt_tokens, reply.completion_tokens());
+            let usage = usage_if(true, faults, usage);
+            match (stream, sse) {
+                (true, true) => Answer::Sse(gemini::generate_stream(&id, model, &reply, usage)),
+                (true, false) => Answer::Json(gemini::generate_array(&id, model, &reply, usage)),
+                (false, _) => Answer::Json(gemini::generate_json(&id, model, &reply, usage)),
+            }
+        }
     }
 }
 
@@ -582,7 +755,7 @@ async fn control(
     match answer {
         Answer::Error(err) => respond_error(session, Dialect::OpenAi, &err, None).await,
         Answer::Json(body) => respond(session, 200, JSON, body).await,
-        Answer::Sse(_) => Next::Close,
+        _ => Next::Close,
     }
 }
 
@@ -652,7 +825,7 @@ async fn respond(
     content_type: &'static str,
     body: Vec<u8>,
 ) -> Next {
-    write_full(session, status, content_type, body, None).await
+    write_full(session, status, content_type, body, &[]).await
 }
 
 async fn respond_error(
@@ -662,7 +835,11 @@ async fn respond_error(
     retry_after: Option<u64>,
 ) -> Next {
     let body = dialect.error_json(err);
-    write_full(session, err.status, JSON, body, retry_after).await
+    let headers: &[(&'static str, String)] = match retry_after {
+        Some(secs) => &[("retry-after", secs.to_string())],
+        None => &[],
+    };
+    write_full(session, err.status, JSON, body, headers).await
 }
 
 async fn write_full(
@@ -670,7 +847,7 @@ async fn write_full(
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
-    retry_after: Option<u64>,
+    headers: &[(&'static str, String)],
 ) -> Next {
     let Some(mut h) = response_header(status, content_type) else {
         return Next::Close;
@@ -678,8 +855,8 @@ async fn write_full(
     if h.insert_header(header::CONTENT_LENGTH, body.len()).is_err() {
         return Next::Close;
     }
-    if let Some(secs) = retry_after {
-        if h.insert_header(header::RETRY_AFTER, secs).is_err() {
+    for (name, value) in headers {
+        if h.insert_header(*name, value.as_str()).is_err() {
             return Next::Close;
         }
     }
@@ -692,17 +869,21 @@ async fn write_full(
     }
 }
 
-/// An SSE response, one event per write so each one reaches the client as it is produced.
+/// A streamed response (SSE, or raw audio bytes), one event per write so each one reaches the
+/// client as it is produced.
 ///
 /// `cut_after` / `stream_error_after` count content events; if the reply is shorter than the
 /// limit they fire before the finish event, so a test that sets one always sees it happen.
+/// `errors: None` (a raw byte stream, which has no way to carry an error) turns
+/// `stream_error_after` into a cut.
 async fn stream(
     session: &mut ServerSession,
-    dialect: Dialect,
+    content_type: &'static str,
+    errors: Option<Dialect>,
     events: Vec<Event>,
     faults: &Faults,
 ) -> Next {
-    let Some(mut h) = response_header(200, "text/event-stream") else {
+    let Some(mut h) = response_header(200, content_type) else {
         return Next::Close;
     };
     let mut ok = h.insert_header(header::CACHE_CONTROL, "no-cache").is_ok();
@@ -729,7 +910,8 @@ async fn stream(
                 _ => false,
             })
         };
-        if due(faults.cut_after) {
+        let error_due = due(faults.stream_error_after);
+        if due(faults.cut_after) || (error_due && errors.is_none()) {
             // Abrupt: no terminating chunk (h1) / RST_STREAM (h2), no usage, no [DONE].
             if session.is_http2() {
                 // The reset discards DATA frames h2 has queued but not sent yet; give the
@@ -738,7 +920,7 @@ async fn stream(
             }
             return Next::Close;
         }
-        if due(faults.stream_error_after) {
+        if let Some(dialect) = errors.filter(|_| error_due) {
             let err = ApiError::for_status(500, "injected fault: stream error");
             return match session
                 .write_response_body(dialect.error_event(&err), true)
@@ -830,7 +1012,36 @@ mod tests {
         );
         assert_eq!(
             r(Method::POST, "/v1beta/models/g:embedContent"),
+            Route::GeminiEmbed {
+                model: "g".into(),
+                batch: false
+            }
+        );
+        assert_eq!(
+            r(Method::POST, "/v1beta/models/text-embedding-004:batchEmbedContents"),
+            Route::GeminiEmbed {
+                model: "text-embedding-004".into(),
+                batch: true
+            }
+        );
+        assert_eq!(
+            r(Method::GET, "/v1beta/models/g:batchEmbedContents"),
+            Route::BadMethod
+        );
+        assert_eq!(
+            r(Method::POST, "/v1beta/models/g:countTokens"),
             Route::NotFound
+        );
+        assert_eq!(r(Method::POST, "/v1/images/generations"), Route::Images);
+        assert_eq!(r(Method::POST, "/audio/speech"), Route::Speech);
+        assert_eq!(
+            r(Method::POST, "/v1/audio/transcriptions"),
+            Route::Transcriptions
+        );
+        assert_eq!(r(Method::GET, "/v1/audio/speech"), Route::BadMethod);
+        assert_eq!(
+            r(Method::POST, "/v1beta/models/g:embedContent").dialect(),
+            Dialect::Gemini
         );
         assert_eq!(
             r(Method::POST, "/v1/messages").dialect(),
@@ -1224,4 +1435,179 @@ mod tests {
         assert_eq!(resp.status, 200);
         assert_eq!(state.requests().len(), 1);
     }
+
+    #[test]
+    fn live_tool_calls_in_three_formats() {
+        let (addr, _) = start(MockState::default());
+        let mut conn = Conn::open(&addr);
+        let tool = serde_json::json!({"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                           "required": ["location"]}}});
+        let body = serde_json::json!({"model": "m", "stream": true,
+            "stream_options": {"include_usage": true}, "tools": [tool],
+            "messages": [{"role": "user", "content": "weather?"}]});
+        let resp = conn.send("POST", "/v1/chat/completions", &[], body.to_string().as_bytes());
+        assert_eq!(resp.status, 200);
+        let chunks: Vec<serde_json::Value> = resp
+            .chunks
+            .iter()
+            .filter(|(_, c)| !c.starts_with(b"data: [DONE]"))
+            .map(|(_, c)| serde_json::from_slice(&c[6..]).unwrap())
+            .collect();
+        let head = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert!(head["id"].as_str().unwrap().starts_with("call_mock_"));
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(args, r#"{"location":"mock"}"#);
+        let last = chunks.last().unwrap();
+        assert_eq!(last["usage"]["completion_tokens"], 5);
+        assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "tool_calls");
+
+        let body = br#"{"model":"c","max_tokens":50,"tools":[{"name":"f","input_schema":{"type":"object","required":["q"],"properties":{"q":{"type":"string"}}}}],
+                        "messages":[{"role":"user","content":"hi"}]}"#;
+        let v = conn.send("POST", "/v1/messages", &[], body).json();
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert!(v["content"][0]["id"].as_str().unwrap().starts_with("toolu_mock_"));
+        assert_eq!(v["content"][0]["input"], serde_json::json!({"q": "mock"}));
+
+        let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],
+                        "tools":[{"functionDeclarations":[{"name":"g"}]}]}"#;
+        let path = "/v1beta/models/gem:streamGenerateContent?alt=sse";
+        let resp = conn.send("POST", path, &[], body);
+        assert_eq!(resp.chunks.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&resp.chunks[0].1[6..]).unwrap();
+        assert_eq!(v["candidates"][0]["content"]["parts"][0]["functionCall"]["name"], "g");
+        assert_eq!(v["candidates"][0]["finishReason"], "STOP");
+    }
+
+    fn multipart_body(audio: &[u8]) -> (String, Vec<u8>) {
+        let b = "mockB0undary";
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n").as_bytes(),
+        );
+        body.extend_from_slice(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(audio);
+        body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+        (format!("multipart/form-data; boundary={b}"), body)
+    }
+
+    #[test]
+    fn live_media_and_embeddings() {
+        let (addr, state) = start(MockState::default());
+        let mut conn = Conn::open(&addr);
+        let resp = conn.send(
+            "POST",
+            "/v1/images/generations",
+            &[],
+            br#"{"model":"dall-e-2","prompt":"a cat","n":2,"size":"512x512"}"#,
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-mock-size"), Some("512x512"));
+        assert_eq!(resp.json()["data"].as_array().unwrap().len(), 2);
+        let resp = conn.send("POST", "/v1/images/generations", &[], br#"{"prompt":"a","n":11}"#);
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.json()["error"]["param"], "n");
+
+        let input = "Hello from Tollgate."; // 20 characters
+        let body = serde_json::json!({"model": "tts-1", "input": input, "voice": "alloy"});
+        let resp = conn.send("POST", "/v1/audio/speech", &[], body.to_string().as_bytes());
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("audio/mpeg"));
+        assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        assert!(resp.complete);
+        assert_eq!(resp.body.len(), 1000 + 10 * 20);
+        assert_eq!(resp.chunks.len(), 3);
+        let resp = conn.send("POST", "/v1/audio/speech", &[], br#"{"model":"tts-1","voice":"a"}"#);
+        assert_eq!(resp.status, 400);
+
+        let mut audio = vec![0xffu8; 48_000];
+        audio[10..16].copy_from_slice(b"\r\n--mo");
+        let (ct, body) = multipart_body(&audio);
+        let resp = conn.send("POST", "/v1/audio/transcriptions", &[("Content-Type", &ct)], &body);
+        assert_eq!(resp.status, 200);
+        let v = resp.json();
+        assert_eq!(v["text"], "mock transcription of 48000 bytes");
+        assert_eq!(v["usage"]["seconds"], 3);
+        let logged = state.last_request().unwrap().to_json();
+        assert_eq!(logged["model"], "whisper-1");
+        assert_eq!(logged["form"]["files"][0]["bytes"], 48_000);
+        let resp = conn.send("POST", "/v1/audio/transcriptions", &[("Content-Type", JSON)], b"{}");
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.json()["error"]["type"], "invalid_request_error");
+
+        let resp = conn.send(
+            "POST",
+            "/v1beta/models/text-embedding-004:batchEmbedContents",
+            &[],
+            br#"{"requests":[{"model":"models/text-embedding-004","content":{"parts":[{"text":"a"}]}},
+                            {"model":"models/text-embedding-004","content":{"parts":[{"text":"b"}]}}]}"#,
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.json()["embeddings"].as_array().unwrap().len(), 2);
+        let resp = conn.send(
+            "POST",
+            "/v1beta/models/e:embedContent",
+            &[],
+            br#"{"content":{"parts":[{"text":"a"}]}}"#,
+        );
+        assert_eq!(resp.json()["embedding"]["values"].as_array().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn live_faults_on_new_routes() {
+        let (addr, _) = start(MockState::new(Some("k".into())));
+        let mut conn = Conn::open(&addr);
+        let bearer = ("Authorization", "Bearer k");
+        let (ct, form) = multipart_body(b"abc");
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+        let cases: [Case; 4] = [
+            ("/v1/images/generations", vec![bearer], br#"{"prompt":"x"}"#.to_vec()),
+            ("/v1/audio/speech", vec![bearer], br#"{"model":"m","input":"x"}"#.to_vec()),
+            ("/v1/audio/transcriptions", vec![bearer, ("Content-Type", &ct)], form),
+            ("/v1beta/models/e:embedContent", vec![("x-goog-api-key", "k")],
+             br#"{"content":{"parts":[{"text":"a"}]}}"#.to_vec()),
+        ];
+        for (path, headers, body) in &cases {
+            let ok = conn.send("POST", path, headers, body);
+            assert_eq!(ok.status, 200, "{path}");
+            let no_auth: Vec<(&str, &str)> = headers
+                .iter()
+                .filter(|(k, _)| *k == "Content-Type")
+                .copied()
+                .collect();
+            let resp = conn.send("POST", path, &no_auth, body);
+            assert!(matches!(resp.status, 401 | 403), "{path}: {}", resp.status);
+            let mut faulted = headers.clone();
+            faulted.push(("x-mock-status", "503"));
+            let resp = conn.send("POST", path, &faulted, body);
+            assert_eq!(resp.status, 503, "{path}");
+            let mut slow = headers.clone();
+            slow.push(("x-mock-delay-ms", "50"));
+            let t = Instant::now();
+            assert_eq!(conn.send("POST", path, &slow, body).status, 200);
+            assert!(t.elapsed() >= Duration::from_millis(50));
+        }
+        assert_eq!(
+            conn.send("POST", "/v1beta/models/e:embedContent", &[("x-goog-api-key", "k"), ("x-mock-status", "429")], b"{}")
+                .json()["error"]["status"],
+            "RESOURCE_EXHAUSTED"
+        );
+
+        // A cut speech stream ends without the terminating chunk.
+        let resp = Conn::open(&addr).send(
+            "POST",
+            "/v1/audio/speech",
+            &[bearer, ("x-mock-cut-after", "1")],
+            br#"{"model":"m","input":"x"}"#,
+        );
+        assert!(!resp.complete);
+        assert_eq!(resp.body.len(), media::SPEECH_CHUNK);
+    }
+
 }
