@@ -2,11 +2,13 @@
 
 use super::error::ApiError;
 use super::Reply;
+use crate::billing::keys::KeyEntry;
 use crate::config::{Config, Model};
 use serde_json::{json, Value};
 
-/// The catalog, optionally filtered by `X-Platform: intl|cn`.
-pub fn list(config: &Config, platform: Option<&str>) -> Result<Reply, ApiError> {
+/// The catalog, optionally filtered by `X-Platform: intl|cn`, and — when the request carries
+/// an API key — to the models that key may use (its `allowed_models` and `platform`).
+pub fn list(config: &Config, platform: Option<&str>, key: Option<&KeyEntry>) -> Result<Reply, ApiError> {
     let platform = match platform {
         None | Some("") => None,
         Some(p @ ("intl" | "cn")) => Some(p),
@@ -20,6 +22,7 @@ pub fn list(config: &Config, platform: Option<&str>) -> Result<Reply, ApiError> 
     let data: Vec<Value> = config
         .available_models()
         .filter(|m| platform.is_none_or(|p| m.serves_platform(p)))
+        .filter(|m| key.is_none_or(|k| k.permits_model(&m.slug, &m.platforms)))
         .map(|m| model_json(config, m))
         .collect();
     Ok(Reply::json(200, &json!({"object": "list", "data": data})))

@@ -22,7 +22,12 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
         Route::Readyz => Ok(readiness(app)),
         Route::Models => {
             let platform = header_str(session, "x-platform");
-            catalog::list(&ctx.config, platform.as_deref())
+            // The catalog is public; a valid API key narrows it to what that key may use.
+            let key = header_str(session, "authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+                .filter(|t| t.starts_with(ctx.config.server.key_prefix.as_str()))
+                .and_then(|t| app.keys.lookup(&t));
+            catalog::list(&ctx.config, platform.as_deref(), key.as_deref())
         }
         Route::Model(slug) => catalog::one(&ctx.config, &slug),
         Route::Generation => match authenticate_key(app, session, ctx) {

@@ -135,3 +135,24 @@ fn access_log_has_one_json_line_per_request_without_secrets() {
     }
     assert!(!out.contains(&key) && !out.contains("Hello there") && !out.contains(PROVIDER_KEY));
 }
+
+#[test]
+fn a_keys_platform_and_allowed_models_shape_its_catalog_and_its_access() {
+    let gw = Gateway::start();
+    let (account, _) = gw.account_with_key("5");
+    let r = gw.admin_post(
+        &format!("/v1/admin/accounts/{account}/keys"),
+        json!({"name": "cn-only", "platform": "cn", "allowed_models": ["mock/*"]}),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    let key = r.json::<Value>().unwrap()["key"].as_str().unwrap().to_string();
+    let v: Value = client().get(gw.url("/v1/models")).bearer_auth(&key).send().unwrap().json().unwrap();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"mock/big"), "{ids:?}");
+    assert!(!ids.contains(&"mock/echo-1"), "an intl-only model is outside a cn key's catalog: {ids:?}");
+    assert!(!ids.iter().any(|i| i.starts_with("anthropic/")), "{ids:?}");
+    let r = gw.chat(&key, hello("mock/echo-1"));
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(&r.json().unwrap()), "model_not_allowed");
+    assert_eq!(gw.chat(&key, hello("mock/big")).status(), 200);
+}
