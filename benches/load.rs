@@ -50,6 +50,12 @@ const ADMIN_TOKEN: &str = "load-bench-admin-token-0123456789";
 const PROVIDER_KEY: &str = "load-bench-upstream-key-0123456789";
 const MODEL: &str = "mock/echo-1";
 const UPSTREAM_MODEL: &str = "echo-1";
+/// Two healthy routes (both on the mock, under two upstream names).
+const MODEL_TWO: &str = "bench/two-routes";
+/// Two routes, one of them on a mock that answers 500 to everything: ejected during warm-up.
+const MODEL_HALF_FAILING: &str = "bench/one-route-failing";
+/// The failing route first (priority 0) and never ejected: every request fails over.
+const MODEL_ALWAYS_FAILOVER: &str = "bench/always-failover";
 
 const WARMUP: Duration = Duration::from_secs(2);
 /// Longest a single request may take before it counts as an error (keeps every run bounded).
@@ -59,6 +65,11 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
 const TARGET_OVERHEAD_P99_US: u32 = 150;
 const TARGET_IDLE_RSS_MB: f64 = 30.0;
+/// With one of two routes failing every request, once it is ejected.
+const TARGET_FAILING_ROUTE_RATIO: f64 = 0.90;
+/// What a failover adds beyond the failed attempt's own time (p99 of the gateway's overhead,
+/// upstream time of both attempts excluded).
+const TARGET_FAILOVER_ADDED_P99_US: u32 = 1000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -286,9 +297,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn run_bench() {
     let settings = Settings::from_env();
-    // Four runs of warm-up + measurement + the request timeout, plus startup and setup.
+    // Seven runs of warm-up + measurement + the request timeout, plus startup and setup.
     let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
-    start_watchdog(per_run * 4 + STARTUP_TIMEOUT * 3 + Duration::from_secs(60));
+    start_watchdog(per_run * 7 + STARTUP_TIMEOUT * 4 + Duration::from_secs(60));
 
     let tmp = TempDir::new();
     let http = reqwest::blocking::Client::builder()
@@ -309,6 +320,24 @@ fn run_bench() {
         tmp.0.join("mock.stderr"),
     );
     mock.wait_for_port(mock_port);
+    // A second mock that fails every request with a 500: the failing route of the routing runs.
+    let failing_port = free_port();
+    let mut failing = ChildGuard::spawn(
+        "mock-upstream (failing)",
+        Command::new(BIN)
+            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{failing_port}")])
+            .args(["--api-key", PROVIDER_KEY])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        tmp.0.join("failing-mock.stderr"),
+    );
+    failing.wait_for_port(failing_port);
+    let r = http
+        .post(format!("http://127.0.0.1:{failing_port}/_mock/faults"))
+        .json(&json!({"status": 500}))
+        .send()
+        .expect("set the failing mock's faults");
+    assert!(r.status().is_success(), "set the failing mock's faults: {}", r.status());
 
     // 2. The bare Pingora pass-through: this very binary in `--passthrough` mode.
     let pass_port = free_port();
@@ -327,10 +356,11 @@ fn run_bench() {
     // 3. The gateway. Its access log stays on (a product feature whose cost we measure), but
     //    goes to /dev/null so the terminal or a file system is not what we benchmark.
     let gw_port = free_port();
+    let metrics_port = free_port();
     let config_path = tmp.0.join("tollgate.toml");
     std::fs::write(
         &config_path,
-        gateway_config(gw_port, free_port(), &tmp.0.join("data"), mock_port, &settings),
+        gateway_config(gw_port, metrics_port, &tmp.0.join("data"), mock_port, failing_port, &settings),
     )
     .expect("write config");
     let mut gw = ChildGuard::spawn(
@@ -357,6 +387,10 @@ fn run_bench() {
     smoke(&http, pass_port, PROVIDER_KEY, &plain, false, false);
     smoke(&http, gw_port, &key, &gw_json, false, true);
     smoke(&http, gw_port, &key, &gw_stream, true, true);
+    let routed = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]});
+    let (gw_two, gw_half, gw_always) = (routed(MODEL_TWO), routed(MODEL_HALF_FAILING), routed(MODEL_ALWAYS_FAILOVER));
+    smoke(&http, gw_port, &key, &gw_two, false, true);
+    smoke(&http, gw_port, &key, &gw_always, false, true);
 
     // 4. Idle RSS: after startup and a short warm-up (a few dozen requests of each shape, so
     //    lazily built state and buffer pools exist), then a pause so nothing is in flight.
@@ -374,9 +408,34 @@ fn run_bench() {
         Target::new("Pingora pass-through → mock", pass_port, PROVIDER_KEY, &plain, false, Some(pass_pid), mock_pid),
         Target::new("gateway → mock", gw_port, &key, &gw_json, false, Some(gw_pid), mock_pid),
         Target::new("gateway → mock, streaming", gw_port, &key, &gw_stream, true, Some(gw_pid), mock_pid),
+        Target::new("gateway → 2 healthy routes", gw_port, &key, &gw_two, false, Some(gw_pid), mock_pid),
+        Target::new("gateway → 2 routes, one failing (ejected)", gw_port, &key, &gw_half, false, Some(gw_pid), mock_pid),
+        Target::new("gateway → failover on every request", gw_port, &key, &gw_always, false, Some(gw_pid), mock_pid),
     ];
     let mut results = Vec::new();
     for target in &targets {
+        if target.name == "gateway → failover on every request" {
+            // The failing route must stay in the path: reload with a failure threshold no run
+            // reaches (health is kept across the reload; only the threshold changes).
+            let config = gateway_config(gw_port, metrics_port, &tmp.0.join("data"), mock_port, failing_port, &settings)
+                .replace("failure_threshold = 3", "failure_threshold = 4000000000")
+                + "\n[[aliases]]\nname = \"bench/reloaded\"\nmodels = [\"mock/echo-1\"]\n";
+            std::fs::write(&config_path, config).expect("rewrite config");
+            let start = Instant::now();
+            loop {
+                let probe = json!({"model": "bench/reloaded", "messages": [{"role": "user", "content": "Hello"}]});
+                let r = http
+                    .post(format!("http://127.0.0.1:{gw_port}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&probe)
+                    .send();
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                assert!(start.elapsed() < STARTUP_TIMEOUT, "the gateway never reloaded its config");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         eprintln!("load bench: {} ({} conns, {} s + {} s warm-up)…", target.name, settings.conns, settings.secs, WARMUP.as_secs());
         let r = run_load(target, settings.conns, settings.secs);
         if r.latencies_us.is_empty() {
@@ -411,10 +470,10 @@ fn run_bench() {
     }
     let _ = std::io::stdout().flush();
     // Guards drop here: gateway, pass-through, mock, then the temp dir.
-    drop((gw, pass, mock, tmp));
+    drop((gw, pass, failing, mock, tmp));
 }
 
-fn gateway_config(port: u16, metrics_port: u16, data_dir: &Path, mock_port: u16, s: &Settings) -> String {
+fn gateway_config(port: u16, metrics_port: u16, data_dir: &Path, mock_port: u16, failing_port: u16, s: &Settings) -> String {
     format!(
         r#"
 [server]
@@ -440,6 +499,55 @@ context_length = 32768
 max_output_tokens = 4096
 input_per_mtok = 1.00
 output_per_mtok = 2.00
+
+# Routing runs. The first ejection outlasts a run (10 s, then 20 s after a failed probe).
+[routing]
+failure_threshold = 3
+ejection_secs = 10
+max_ejection_secs = 300
+
+[providers.failing]
+kind = "mock"
+base_url = "http://127.0.0.1:{failing_port}/v1"
+api_key_env = "TOLLGATE_BENCH_PROVIDER_KEY"
+
+[[models]]
+slug = "{MODEL_TWO}"
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}"
+context_length = 32768
+max_output_tokens = 4096
+input_per_mtok = 1.00
+output_per_mtok = 2.00
+[[models.routes]]
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}-b"
+
+[[models]]
+slug = "{MODEL_HALF_FAILING}"
+provider = "failing"
+upstream_model = "{UPSTREAM_MODEL}"
+context_length = 32768
+max_output_tokens = 4096
+input_per_mtok = 1.00
+output_per_mtok = 2.00
+[[models.routes]]
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}-c"
+
+[[models]]
+slug = "{MODEL_ALWAYS_FAILOVER}"
+provider = "failing"
+upstream_model = "{UPSTREAM_MODEL}-never-ejected"
+context_length = 32768
+max_output_tokens = 4096
+input_per_mtok = 1.00
+output_per_mtok = 2.00
+max_attempts = 2
+[[models.routes]]
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}-d"
+priority = 1
 "#,
         data = data_dir.display(),
         threads = s.gw_threads,
@@ -1026,6 +1134,31 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
     out.push_str(&format!(
         "- {} — gateway idle RSS ≤ {TARGET_IDLE_RSS_MB:.0} MB: {idle_mb:.1} MB\n",
         pass(idle_mb <= TARGET_IDLE_RSS_MB),
+    ));
+
+    // Routing: results 4 (two healthy routes), 5 (one failing, ejected), 6 (every request
+    // fails over).
+    let (two, half, always) = (&results[4], &results[5], &results[6]);
+    let ratio = rps(half) / rps(two);
+    out.push_str(&format!(
+        "- {} — with one of two routes failing every request (ejected during warm-up), throughput ≥ {:.0}% of two healthy routes: {:.0} vs {:.0} req/s = {:.1}%\n",
+        pass(ratio >= TARGET_FAILING_ROUTE_RATIO),
+        TARGET_FAILING_ROUTE_RATIO * 100.0,
+        rps(half),
+        rps(two),
+        ratio * 100.0,
+    ));
+    let added = p99(always);
+    out.push_str(&format!(
+        "- {} — a failed-over request adds ≤ {TARGET_FAILOVER_ADDED_P99_US} µs beyond the failed attempt's own time (p99 of its X-Tollgate-Overhead-Us, both attempts' upstream time excluded): {} µs (p50 {} µs; a request without failover: p99 {} µs). Client latency p50/p99: {}/{} µs with a failover on every request vs {}/{} µs with two healthy routes\n",
+        pass(added.is_some_and(|v| v <= TARGET_FAILOVER_ADDED_P99_US)),
+        opt(added),
+        opt(percentile(&always.overhead_us, 0.50)),
+        opt(p99(two)),
+        opt(percentile(&always.latencies_us, 0.50)),
+        opt(percentile(&always.latencies_us, 0.99)),
+        opt(percentile(&two.latencies_us, 0.50)),
+        opt(percentile(&two.latencies_us, 0.99)),
     ));
     out
 }

@@ -17,5 +17,6 @@ pub mod metering;
 pub mod mock;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod store;

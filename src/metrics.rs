@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
-    IntCounterVec, IntGauge, TextEncoder,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Encoder, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -87,6 +87,43 @@ pub static STORE_WRITE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// 1 for each route's current state (healthy, ejected, half_open), 0 for the others.
+pub static ROUTE_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tollgate_route_state",
+        "Health of each route (provider, upstream model): 1 for its current state",
+        &["provider", "upstream_model", "state"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ROUTE_EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_route_ejections_total",
+        "Times a route was ejected by the passive health check",
+        &["provider", "upstream_model"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ROUTE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_route_attempts_total",
+        "Upstream attempts per route, by result (success|failure|client_error)",
+        &["provider", "upstream_model", "result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static FAILOVERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_failovers_total",
+        "Requests moved to another route (or fallback model) after a failed attempt, by requested model",
+        &["model"]
+    )
+    .expect("metric registers once")
+});
+
 pub fn config_reload(result: &str) {
     CONFIG_RELOADS.with_label_values(&[result]).inc();
 }
@@ -103,10 +140,16 @@ pub fn init() {
         CONFIG_RELOADS.with_label_values(&[r]);
     }
     LazyLock::force(&STORE_WRITE_ERRORS);
+    LazyLock::force(&ROUTE_STATE);
+    LazyLock::force(&ROUTE_EJECTIONS);
+    LazyLock::force(&ROUTE_ATTEMPTS);
+    LazyLock::force(&FAILOVERS);
 }
 
 /// The Prometheus text exposition of the default registry.
 pub fn render() -> Vec<u8> {
+    // Ejections end by the clock, not by an event: bring the route gauges up to date.
+    crate::routing::refresh_metrics();
     let mut out = Vec::with_capacity(16 * 1024);
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     out

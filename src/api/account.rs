@@ -53,6 +53,14 @@ pub fn generation(app: &App, key: &KeyEntry, query: Option<&str>) -> Result<Repl
             "error": g.error,
             "created_at": g.created_at,
             "key_id": g.key_id,
+            "attempts": g.attempt_log.iter().map(|a| json!({
+                "model": a.model,
+                "provider": a.provider,
+                "upstream_model": a.upstream_model,
+                "status": a.status,
+                "latency_ms": a.latency_ms,
+                "error": a.error,
+            })).collect::<Vec<_>>(),
         }}),
     ))
 }

@@ -122,6 +122,8 @@ pub enum Route {
     AdminAudit,
     /// `POST /admin/recompute-tiers`
     AdminRecomputeTiers,
+    /// `GET /admin/routes`: every model's routes and their health.
+    AdminRoutes,
     Healthz,
     Readyz,
     NotFound,
@@ -147,7 +149,8 @@ impl Route {
             | Route::AdminCredits(_)
             | Route::AdminKeys(_)
             | Route::AdminAudit
-            | Route::AdminRecomputeTiers => "admin",
+            | Route::AdminRecomputeTiers
+            | Route::AdminRoutes => "admin",
             Route::Healthz | Route::Readyz => "health",
             Route::NotFound | Route::MethodNotAllowed(_) => "not_found",
         }
@@ -186,6 +189,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         ),
         "/admin/audit" => only(method, Method::GET, Route::AdminAudit, "GET"),
         "/admin/recompute-tiers" => only(method, Method::POST, Route::AdminRecomputeTiers, "POST"),
+        "/admin/routes" => only(method, Method::GET, Route::AdminRoutes, "GET"),
         _ => {
             if let Some(provider) = rest.strip_prefix("/keys/byok/") {
                 if provider.is_empty() || provider.contains('/') {
@@ -374,6 +378,7 @@ mod tests {
         assert_eq!(r(Method::PATCH, "/v1/admin/accounts/3"), Route::AdminAccountUpdate(3));
         assert_eq!(r(Method::GET, "/v1/admin/audit"), Route::AdminAudit);
         assert_eq!(r(Method::POST, "/v1/admin/recompute-tiers"), Route::AdminRecomputeTiers);
+        assert_eq!(r(Method::GET, "/api/v1/admin/routes"), Route::AdminRoutes);
     }
 
     #[test]

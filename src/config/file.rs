@@ -18,6 +18,12 @@ pub struct FileConfig {
     pub providers: BTreeMap<String, ProviderFile>,
     #[serde(default)]
     pub models: Vec<ModelFile>,
+    /// Failover, health and deadlines shared by every model (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingFile,
+    /// Names that stand for a list of models tried in order (`[[aliases]]`).
+    #[serde(default)]
+    pub aliases: Vec<AliasFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +133,13 @@ pub struct ProviderFile {
     pub connect_timeout_secs: Option<f64>,
     /// Seconds to wait between reads from the upstream (first byte and between chunks).
     pub read_timeout_secs: Option<f64>,
+    /// Seconds from sending a request to the response header (default: read_timeout_secs).
+    pub first_byte_timeout_secs: Option<f64>,
+    /// Seconds allowed between two chunks of a response (default: read_timeout_secs).
+    pub idle_timeout_secs: Option<f64>,
+    /// Longest one attempt on this provider may take, start to end (default: no limit of its
+    /// own; the request's deadline still applies).
+    pub total_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,4 +174,82 @@ pub struct ModelFile {
     pub input_per_mchar: Option<f64>,
     /// Transcriptions: USD per minute of audio (when the provider reports seconds).
     pub audio_per_minute: Option<f64>,
+    /// Weight and priority of the default route (the model's own provider/upstream_model/prices)
+    /// among `routes`: defaults 1 and 0.
+    pub weight: Option<u32>,
+    pub priority: Option<u32>,
+    /// More deployments of the same model (`[[models.routes]]`).
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// How a request picks among healthy routes of the same priority: "weighted" (default) or
+    /// "least_outstanding".
+    pub balance: Option<String>,
+    /// Other slugs tried, in order, when every route of this model failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Upstream attempts per request (default `routing.max_attempts`).
+    pub max_attempts: Option<u32>,
+    /// Per-model timeouts, overriding the provider's for this model's routes; the model's
+    /// `total_timeout_secs` is the deadline of a whole request for it, failovers included.
+    pub connect_timeout_secs: Option<f64>,
+    pub first_byte_timeout_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub total_timeout_secs: Option<f64>,
+    /// Whether `model: "auto"` may pick this model (default true).
+    pub auto: Option<bool>,
+}
+
+/// One `[[models.routes]]` entry: the same model served by another provider or key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub provider: String,
+    /// Default: the model's `upstream_model`.
+    pub upstream_model: Option<String>,
+    /// Share of traffic among healthy routes of the same priority (default 1; 0 = only when
+    /// nothing else is left).
+    pub weight: Option<u32>,
+    /// Lower is tried first (default 0).
+    pub priority: Option<u32>,
+    /// This route's prices, USD per 1M tokens (default: the model's).
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
+}
+
+/// `[routing]`: failover, passive health checks and deadlines.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingFile {
+    /// Upstream attempts per request, failovers included (1..=16).
+    pub max_attempts: u32,
+    /// Failures of a route within `failure_window_secs` that eject it.
+    pub failure_threshold: u32,
+    pub failure_window_secs: f64,
+    /// First ejection's length; doubles each time the half-open probe fails, up to
+    /// `max_ejection_secs`.
+    pub ejection_secs: f64,
+    pub max_ejection_secs: f64,
+    /// Deadline of a whole request (all attempts, streaming included) unless the model sets one.
+    pub total_timeout_secs: f64,
+}
+
+impl Default for RoutingFile {
+    fn default() -> Self {
+        RoutingFile {
+            max_attempts: 3,
+            failure_threshold: 3,
+            failure_window_secs: 30.0,
+            ejection_secs: 10.0,
+            max_ejection_secs: 300.0,
+            total_timeout_secs: 600.0,
+        }
+    }
+}
+
+/// One `[[aliases]]` entry: a name clients send as `model`, standing for models tried in order.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasFile {
+    pub name: String,
+    pub models: Vec<String>,
 }

@@ -65,11 +65,62 @@ pub struct Provider {
     pub disabled_reason: Option<String>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// To the response header, and between two chunks (both default to `read_timeout`).
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Longest one attempt on this provider may take; None = only the request's deadline.
+    pub total_timeout: Option<Duration>,
     /// `serve` address of an in-process mock provider.
     pub serve_mock: Option<String>,
+    /// The configured `base_url`, part of a route's health key.
+    pub base_url: String,
 }
 
+/// How a request picks among healthy routes of the same priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// At random, in proportion to the routes' weights.
+    Weighted,
+    /// The route with the fewest attempts in flight per unit of weight.
+    LeastOutstanding,
+}
+
+/// The timeouts of one route: the model's setting, else the provider's, else the default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    /// Longest one attempt may take; None = only the request's deadline.
+    pub attempt_total: Option<Duration>,
+}
+
+/// One deployment of a model: a provider, the name it knows the model by, and its prices.
 #[derive(Debug)]
+pub struct RouteSpec {
+    /// 0 is the model's own provider/upstream_model/prices; then `[[models.routes]]` in order.
+    pub index: usize,
+    pub provider: String,
+    /// The model as this route serves it: same slug and limits, this route's provider,
+    /// upstream model and prices. Billing and the wire format use it.
+    pub model: Arc<Model>,
+    pub weight: u32,
+    pub priority: u32,
+    pub timeouts: Timeouts,
+    /// Shared across config reloads for the same (provider, upstream model, base URL).
+    pub health: Arc<crate::routing::health::RouteHealth>,
+}
+
+/// `[routing]`, validated.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    pub max_attempts: u32,
+    pub health: crate::routing::health::HealthParams,
+    /// A request's deadline unless its model sets `total_timeout_secs`.
+    pub total_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct Model {
     pub slug: String,
     pub provider: String,
@@ -99,6 +150,18 @@ pub struct Model {
     pub input_per_mchar: Option<Nano>,
     /// nano-USD per minute of audio (transcriptions).
     pub audio_per_minute: Option<Nano>,
+    /// Every deployment of the model, the default route first. Empty in a route's own view of
+    /// the model (`RouteSpec::model`).
+    pub routes: Vec<Arc<RouteSpec>>,
+    pub balance: Balance,
+    /// Slugs tried in order when every route failed.
+    pub fallbacks: Vec<String>,
+    /// Upstream attempts per request; None = `routing.max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Deadline of a whole request for this model; None = `routing.total_timeout_secs`.
+    pub total_timeout: Option<Duration>,
+    /// Whether `model: "auto"` may pick it.
+    pub auto: bool,
 }
 
 impl Model {
@@ -162,20 +225,30 @@ pub struct Config {
     /// In file order, which is the catalog's order.
     pub models: Vec<Arc<Model>>,
     pub by_slug: HashMap<String, Arc<Model>>,
+    /// `[[aliases]]`: name → slugs, tried in order.
+    pub aliases: HashMap<String, Vec<String>>,
+    pub routing: RoutingSettings,
 }
 
 impl Config {
-    /// The model and its provider, if the slug exists and the provider is enabled.
+    /// The model and the provider of its first enabled route, if the slug exists and any of
+    /// its routes' providers is enabled.
     pub fn route(&self, slug: &str) -> Option<(&Arc<Model>, &Arc<Provider>)> {
         let model = self.by_slug.get(slug)?;
-        let provider = self.providers.get(&model.provider)?;
-        provider.enabled.then_some((model, provider))
+        let provider = self.first_enabled_provider(model)?;
+        Some((model, provider))
     }
 
-    /// Models whose provider is enabled, in catalog order.
+    /// Models with at least one enabled route, in catalog order.
     pub fn available_models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.iter().filter(|m| {
-            self.providers.get(&m.provider).map(|p| p.enabled).unwrap_or(false)
-        })
+        self.models.iter().filter(|m| self.first_enabled_provider(m).is_some())
+    }
+
+    fn first_enabled_provider(&self, model: &Model) -> Option<&Arc<Provider>> {
+        let enabled = |name: &str| self.providers.get(name).filter(|p| p.enabled);
+        if model.routes.is_empty() {
+            return enabled(&model.provider);
+        }
+        model.routes.iter().find_map(|r| enabled(&r.provider))
     }
 }

@@ -3,7 +3,7 @@
 //! All errors are gathered rather than stopping at the first, so `tollgate check` can show an
 //! operator everything wrong with a file in one run.
 
-use super::file::{FileConfig, ModelFile, ProviderFile};
+use super::file::{FileConfig, ModelFile, ProviderFile, RoutingFile};
 use super::snapshot::*;
 use crate::billing::money::{self, Nano};
 use std::collections::{HashMap, HashSet};
@@ -69,17 +69,235 @@ pub fn validate(
             continue;
         }
         if let Some(model) = model(&path, m, &mut errs) {
-            let model = Arc::new(model);
-            by_slug.insert(model.slug.clone(), model.clone());
-            models.push(model);
+            if let Some(model) = with_routes(&path, m, model, &providers, &file.providers, &mut errs) {
+                let model = Arc::new(model);
+                by_slug.insert(model.slug.clone(), model.clone());
+                models.push(model);
+            }
         }
     }
+    let aliases = aliases(&file, &by_slug, &mut errs);
+    for (i, m) in file.models.iter().enumerate() {
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            if !by_slug.contains_key(f) && !aliases.contains_key(f) {
+                errs.push(format!("models[{i}].fallbacks[{j}]"), format!("unknown model '{f}'"));
+            } else if *f == m.slug {
+                errs.push(format!("models[{i}].fallbacks[{j}]"), "a model cannot be its own fallback");
+            }
+        }
+    }
+    let routing = routing_settings(&file.routing, &mut errs);
 
     if errs.0.is_empty() {
-        Ok(Config { server, billing, providers, models, by_slug })
+        Ok(Config { server, billing, providers, models, by_slug, aliases, routing })
     } else {
         Err(errs.0)
     }
+}
+
+/// What `model` names that are not slugs mean: `auto` and `[[aliases]]`.
+pub const AUTO_NAMES: [&str; 2] = ["auto", "tollgate/auto"];
+
+fn aliases(file: &FileConfig, by_slug: &HashMap<String, Arc<Model>>, errs: &mut Errors) -> HashMap<String, Vec<String>> {
+    let mut out = HashMap::new();
+    for (i, a) in file.aliases.iter().enumerate() {
+        let path = format!("aliases[{i}]");
+        if a.name.is_empty() || a.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(format!("{path}.name"), "must be non-empty with no spaces");
+            continue;
+        }
+        if by_slug.contains_key(&a.name) || AUTO_NAMES.contains(&a.name.as_str()) {
+            errs.push(format!("{path}.name"), format!("'{}' is already a model", a.name));
+            continue;
+        }
+        if out.contains_key(&a.name) {
+            errs.push(format!("{path}.name"), format!("duplicate alias '{}'", a.name));
+            continue;
+        }
+        if a.models.is_empty() {
+            errs.push(format!("{path}.models"), "must list at least one model");
+        }
+        for (j, m) in a.models.iter().enumerate() {
+            if !by_slug.contains_key(m) {
+                errs.push(format!("{path}.models[{j}]"), format!("unknown model '{m}'"));
+            }
+        }
+        out.insert(a.name.clone(), a.models.clone());
+    }
+    out
+}
+
+fn routing_settings(r: &RoutingFile, errs: &mut Errors) -> RoutingSettings {
+    if !(1..=16).contains(&r.max_attempts) {
+        errs.push("routing.max_attempts", "must be between 1 and 16");
+    }
+    if r.failure_threshold == 0 {
+        errs.push("routing.failure_threshold", "must be at least 1");
+    }
+    let mut secs = |field: &str, v: f64| -> Duration {
+        if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+            Duration::from_secs_f64(v)
+        } else {
+            errs.push(format!("routing.{field}"), "must be a number of seconds in (0, 86400]");
+            Duration::from_secs(1)
+        }
+    };
+    let window = secs("failure_window_secs", r.failure_window_secs);
+    let ejection = secs("ejection_secs", r.ejection_secs);
+    let max_ejection = secs("max_ejection_secs", r.max_ejection_secs);
+    let total_timeout = secs("total_timeout_secs", r.total_timeout_secs);
+    if max_ejection < ejection {
+        errs.push("routing.max_ejection_secs", "must be at least ejection_secs");
+    }
+    RoutingSettings {
+        max_attempts: r.max_attempts.clamp(1, 16),
+        health: crate::routing::health::HealthParams {
+            failure_threshold: r.failure_threshold.max(1),
+            window,
+            ejection,
+            max_ejection: max_ejection.max(ejection),
+        },
+        total_timeout,
+    }
+}
+
+fn seconds(path: &str, field: &str, v: Option<f64>, errs: &mut Errors) -> Option<Duration> {
+    match v {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => {
+            errs.push(format!("{path}.{field}"), "must be a number of seconds in (0, 86400]");
+            None
+        }
+    }
+}
+
+/// The model's routes (the default one first, then `[[models.routes]]`), its balancing,
+/// fallbacks, attempt budget and timeouts.
+fn with_routes(
+    path: &str,
+    m: &ModelFile,
+    mut model: Model,
+    providers: &HashMap<String, Arc<Provider>>,
+    provider_files: &std::collections::BTreeMap<String, ProviderFile>,
+    errs: &mut Errors,
+) -> Option<Model> {
+    let before = errs.0.len();
+    model.balance = match m.balance.as_deref() {
+        None | Some("weighted") => Balance::Weighted,
+        Some("least_outstanding") => Balance::LeastOutstanding,
+        Some(other) => {
+            errs.push(format!("{path}.balance"), format!("'{other}' is not weighted or least_outstanding"));
+            Balance::Weighted
+        }
+    };
+    if let Some(n) = m.max_attempts {
+        if !(1..=16).contains(&n) {
+            errs.push(format!("{path}.max_attempts"), "must be between 1 and 16");
+        }
+    }
+    model.max_attempts = m.max_attempts;
+    model.fallbacks = m.fallbacks.clone();
+    model.auto = m.auto.unwrap_or(true);
+    model.total_timeout = seconds(path, "total_timeout_secs", m.total_timeout_secs, errs);
+    let connect = seconds(path, "connect_timeout_secs", m.connect_timeout_secs, errs);
+    let first_byte = seconds(path, "first_byte_timeout_secs", m.first_byte_timeout_secs, errs);
+    let idle = seconds(path, "idle_timeout_secs", m.idle_timeout_secs, errs);
+
+    let price = |field: &str, v: Option<f64>, default: Nano, errs: &mut Errors| -> Nano {
+        match v {
+            None => default,
+            Some(v) if v.is_finite() && v >= 0.0 => money::price_per_mtok_to_nano(v).unwrap_or_else(|e| {
+                errs.push(field.to_string(), e);
+                0
+            }),
+            Some(v) => {
+                errs.push(field.to_string(), format!("must be a non-negative price, got {v}"));
+                0
+            }
+        }
+    };
+    struct Draft {
+        provider: String,
+        upstream_model: String,
+        weight: u32,
+        priority: u32,
+        input: Nano,
+        output: Nano,
+        input_display: f64,
+        output_display: f64,
+    }
+    let mut drafts = vec![Draft {
+        provider: m.provider.clone(),
+        upstream_model: m.upstream_model.clone(),
+        weight: m.weight.unwrap_or(1),
+        priority: m.priority.unwrap_or(0),
+        input: model.input_per_mtok,
+        output: model.output_per_mtok,
+        input_display: m.input_per_mtok,
+        output_display: m.output_per_mtok,
+    }];
+    for (i, r) in m.routes.iter().enumerate() {
+        let rpath = format!("{path}.routes[{i}]");
+        if !provider_files.contains_key(&r.provider) {
+            errs.push(format!("{rpath}.provider"), format!("unknown provider '{}'", r.provider));
+            continue;
+        }
+        let upstream_model = r.upstream_model.clone().unwrap_or_else(|| m.upstream_model.clone());
+        if upstream_model.is_empty() {
+            errs.push(format!("{rpath}.upstream_model"), "must not be empty");
+        }
+        if drafts.iter().any(|d| d.provider == r.provider && d.upstream_model == upstream_model) {
+            errs.push(rpath.clone(), format!("duplicate route {} / {upstream_model}", r.provider));
+            continue;
+        }
+        drafts.push(Draft {
+            provider: r.provider.clone(),
+            upstream_model,
+            weight: r.weight.unwrap_or(1),
+            priority: r.priority.unwrap_or(0),
+            input: price(&format!("{rpath}.input_per_mtok"), r.input_per_mtok, model.input_per_mtok, errs),
+            output: price(&format!("{rpath}.output_per_mtok"), r.output_per_mtok, model.output_per_mtok, errs),
+            input_display: r.input_per_mtok.unwrap_or(m.input_per_mtok),
+            output_display: r.output_per_mtok.unwrap_or(m.output_per_mtok),
+        });
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    let mut routes = Vec::with_capacity(drafts.len());
+    for (index, d) in drafts.into_iter().enumerate() {
+        // A provider that failed its own validation has its error already.
+        let Some(p) = providers.get(&d.provider) else { continue };
+        let mut view = model.clone();
+        view.provider = d.provider.clone();
+        view.upstream_model = d.upstream_model.clone();
+        view.input_per_mtok = d.input;
+        view.output_per_mtok = d.output;
+        view.input_per_mtok_display = d.input_display;
+        view.output_per_mtok_display = d.output_display;
+        let health = crate::routing::health::registry().get(crate::routing::health::RouteKey {
+            provider: d.provider.clone(),
+            upstream_model: d.upstream_model.clone(),
+            base_url: p.base_url.clone(),
+        });
+        routes.push(Arc::new(RouteSpec {
+            index,
+            provider: d.provider,
+            model: Arc::new(view),
+            weight: d.weight,
+            priority: d.priority,
+            timeouts: Timeouts {
+                connect: connect.unwrap_or(p.connect_timeout),
+                first_byte: first_byte.unwrap_or(p.first_byte_timeout),
+                idle: idle.unwrap_or(p.idle_timeout),
+                attempt_total: p.total_timeout,
+            },
+            health,
+        }));
+    }
+    model.routes = routes;
+    Some(model)
 }
 
 fn server_settings(
@@ -283,6 +501,7 @@ fn provider(
             default
         }
     };
+    let read_timeout = timeout("read_timeout_secs", p.read_timeout_secs, DEFAULT_READ_TIMEOUT, errs);
     Some(Provider {
         name: name.to_string(),
         kind,
@@ -291,8 +510,12 @@ fn provider(
         enabled,
         disabled_reason,
         connect_timeout: timeout("connect_timeout_secs", p.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT, errs),
-        read_timeout: timeout("read_timeout_secs", p.read_timeout_secs, DEFAULT_READ_TIMEOUT, errs),
+        read_timeout,
+        first_byte_timeout: timeout("first_byte_timeout_secs", p.first_byte_timeout_secs, read_timeout, errs),
+        idle_timeout: timeout("idle_timeout_secs", p.idle_timeout_secs, read_timeout, errs),
+        total_timeout: seconds(&path, "total_timeout_secs", p.total_timeout_secs, errs),
         serve_mock: p.serve.clone(),
+        base_url: base_url.clone(),
     })
 }
 
@@ -411,6 +634,13 @@ fn model(path: &str, m: &ModelFile, errs: &mut Errors) -> Option<Model> {
         image_prices,
         input_per_mchar,
         audio_per_minute,
+        // Filled in by `with_routes`.
+        routes: Vec::new(),
+        balance: Balance::Weighted,
+        fallbacks: Vec::new(),
+        max_attempts: None,
+        total_timeout: None,
+        auto: true,
     })
 }
 
@@ -465,5 +695,94 @@ mod account_settings_tests {
         assert!(e.iter().any(|m| m.starts_with("server.byok_key_env: environment variable TOLLGATE_BYOK_KEY")), "{e:?}");
         let e = load("jwt_ttl_secs = 0\nlogin_attempts_per_minute = 0\n", &no_env).unwrap_err();
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod routing_config_tests {
+    const BASE: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+[providers.a]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+read_timeout_secs = 7
+[providers.b]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v2"
+total_timeout_secs = 30
+"#;
+
+    fn load(models: &str) -> Result<crate::config::Config, Vec<String>> {
+        crate::config::from_toml_with_env(&format!("{BASE}{models}"), &|_| None)
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    const MODEL: &str = "[[models]]\nslug = \"m/x\"\nprovider = \"a\"\nupstream_model = \"x\"\ncontext_length = 100\ninput_per_mtok = 1\noutput_per_mtok = 2\n";
+
+    #[test]
+    fn routes_inherit_the_model_and_take_their_own_prices_and_timeouts() {
+        let c = load(&format!(
+            "{MODEL}weight = 4\nfirst_byte_timeout_secs = 2\n[[models.routes]]\nprovider = \"b\"\npriority = 1\noutput_per_mtok = 5\n"
+        ))
+        .unwrap();
+        let m = &c.by_slug["m/x"];
+        assert_eq!(m.routes.len(), 2);
+        let (r0, r1) = (&m.routes[0], &m.routes[1]);
+        assert_eq!((r0.provider.as_str(), r0.weight, r0.priority), ("a", 4, 0));
+        assert_eq!((r1.provider.as_str(), r1.model.upstream_model.as_str(), r1.weight, r1.priority), ("b", "x", 1, 1));
+        assert_eq!((r1.model.input_per_mtok, r1.model.output_per_mtok), (1_000_000_000, 5_000_000_000));
+        assert_eq!(r1.model.slug, "m/x");
+        // Timeouts: the model's first byte, the provider's idle (its read timeout) and total.
+        assert_eq!(r0.timeouts.first_byte, std::time::Duration::from_secs(2));
+        assert_eq!(r0.timeouts.idle, std::time::Duration::from_secs(7));
+        assert_eq!(r1.timeouts.attempt_total, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(c.routing.max_attempts, 3);
+        // Unchanged routes share health across loads; the registry keys on provider, model, URL.
+        let again = load(&format!("{MODEL}[[models.routes]]\nprovider = \"b\"\n")).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&again.by_slug["m/x"].routes[1].health, &r1.health));
+    }
+
+    #[test]
+    fn bad_routing_keys_are_errors_with_their_path() {
+        let e = load(&format!(
+            "{MODEL}balance = \"fastest\"\nfallbacks = [\"m/nope\", \"m/x\"]\nmax_attempts = 0\n\
+             [[models.routes]]\nprovider = \"zz\"\n[[models.routes]]\nprovider = \"a\"\n[[models.routes]]\nprovider = \"b\"\ninput_per_mtok = -1\n\
+             [[aliases]]\nname = \"m/x\"\nmodels = [\"m/x\"]\n[[aliases]]\nname = \"smart\"\nmodels = [\"m/none\"]\n\
+             [routing]\nmax_attempts = 17\nejection_secs = 20\nmax_ejection_secs = 10\n"
+        ))
+        .unwrap_err();
+        let has = |s: &str| e.iter().any(|x| x.starts_with(s));
+        assert!(has("models[0].balance"), "{e:?}");
+        assert!(has("models[0].max_attempts"), "{e:?}");
+        assert!(has("models[0].routes[0].provider: unknown provider 'zz'"), "{e:?}");
+        assert!(has("models[0].routes[1]: duplicate route"), "{e:?}");
+        assert!(has("models[0].routes[2].input_per_mtok"), "{e:?}");
+        assert!(has("routing.max_attempts"), "{e:?}");
+        assert!(has("routing.max_ejection_secs"), "{e:?}");
+        // Later checks need the model to exist; they are reported on a file whose model is fine.
+        let e = load(&format!(
+            "{MODEL}fallbacks = [\"m/nope\", \"m/x\"]\n[[aliases]]\nname = \"m/x\"\nmodels = [\"m/x\"]\n[[aliases]]\nname = \"auto\"\nmodels = [\"m/x\"]\n[[aliases]]\nname = \"smart\"\nmodels = [\"m/none\"]\n"
+        ))
+        .unwrap_err();
+        let has = |s: &str| e.iter().any(|x| x.starts_with(s));
+        assert!(has("models[0].fallbacks[0]: unknown model 'm/nope'"), "{e:?}");
+        assert!(has("models[0].fallbacks[1]: a model cannot be its own fallback"), "{e:?}");
+        assert!(has("aliases[0].name"), "{e:?}");
+        assert!(has("aliases[1].name"), "{e:?}");
+        assert!(has("aliases[2].models[0]: unknown model 'm/none'"), "{e:?}");
+    }
+
+    #[test]
+    fn a_model_is_available_when_any_route_is() {
+        let text = format!(
+            "{BASE}[providers.off]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v3\"\nenabled = false\n\
+             [[models]]\nslug = \"m/y\"\nprovider = \"off\"\nupstream_model = \"y\"\ncontext_length = 100\ninput_per_mtok = 1\noutput_per_mtok = 1\n\
+             [[models.routes]]\nprovider = \"b\"\n"
+        );
+        let c = crate::config::from_toml_with_env(&text, &|_| None).unwrap();
+        let (m, p) = c.route("m/y").unwrap();
+        assert_eq!((m.slug.as_str(), p.name.as_str()), ("m/y", "b"));
+        assert_eq!(c.available_models().count(), 1);
     }
 }

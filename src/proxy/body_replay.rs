@@ -28,6 +28,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
+use super::watchdog::Watchdog;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,22 +36,40 @@ use std::time::Duration;
 type BoxedBodyStream =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
-/// Where the wrapper hands the real session back when it is dropped.
+/// Where the wrapper hands the real session back when it is dropped, and the body it replays.
 ///
 /// A `Box<dyn CustomSession>` cannot be downcast (the trait has no `Any` bound), so the way
 /// back is the wrapper's `Drop`: swapping a placeholder in drops the wrapper, which moves the
 /// real session into this slot, and the slot puts it back.
+///
+/// The body is shared with the wrapper so that each upstream attempt can replay its own
+/// rewrite of the request (failover to a route with another wire format or upstream model):
+/// [`ReplaySlot::set_body`] before Pingora reads the retry buffer (i.e. in `upstream_peer`).
 #[derive(Default)]
-pub struct ReplaySlot(Arc<Mutex<Option<ServerSession>>>);
+pub struct ReplaySlot {
+    session: Arc<Mutex<Option<ServerSession>>>,
+    body: Arc<Mutex<Bytes>>,
+}
 
 impl ReplaySlot {
     /// Put `body` in front of the real downstream session. Call after the whole body was read.
     pub fn install(session: &mut Session, body: Bytes) -> ReplaySlot {
-        let slot = ReplaySlot::default();
+        Self::install_with(session, body, None)
+    }
+
+    /// [`install`](Self::install), with a watchdog whose deadlines fail the wait for the
+    /// upstream (see `proxy::watchdog`).
+    pub fn install_with(session: &mut Session, body: Bytes, watch: Option<Arc<Watchdog>>) -> ReplaySlot {
+        let slot = ReplaySlot { session: Default::default(), body: Arc::new(Mutex::new(body)) };
         let real = std::mem::replace(&mut *session.downstream_session, detached_session());
-        let wrapper = BodyReplaySession { inner: Some(real), body, slot: slot.0.clone() };
+        let wrapper = BodyReplaySession { inner: Some(real), body: slot.body.clone(), slot: slot.session.clone(), watch };
         *session.downstream_session = ServerSession::new_custom(Box::new(wrapper));
         slot
+    }
+
+    /// The body the next attempt sends.
+    pub fn set_body(&self, body: Bytes) {
+        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = body;
     }
 
     /// Swap the real downstream session back in. Call once; later calls do nothing.
@@ -60,7 +79,7 @@ impl ReplaySlot {
         }
         // Dropping the wrapper fills the slot.
         drop(std::mem::replace(&mut *session.downstream_session, detached_session()));
-        let real = self.0.lock().ok().and_then(|mut s| s.take());
+        let real = self.session.lock().ok().and_then(|mut s| s.take());
         match real {
             Some(real) => *session.downstream_session = real,
             None => log::error!("body replay: the real downstream session was not handed back"),
@@ -75,8 +94,9 @@ fn detached_session() -> ServerSession {
 pub struct BodyReplaySession {
     /// Always `Some` until `Drop` moves it into `slot`.
     inner: Option<ServerSession>,
-    body: Bytes,
+    body: Arc<Mutex<Bytes>>,
     slot: Arc<Mutex<Option<ServerSession>>>,
+    watch: Option<Arc<Watchdog>>,
 }
 
 impl Drop for BodyReplaySession {
@@ -93,6 +113,9 @@ impl BodyReplaySession {
     }
     fn m(&mut self) -> &mut ServerSession {
         self.inner.as_mut().expect("inner is Some until drop")
+    }
+    fn body(&self) -> Bytes {
+        self.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -186,13 +209,21 @@ impl CustomSession for BodyReplaySession {
         self.m().finish_body().await
     }
     fn is_body_empty(&mut self) -> bool {
-        self.body.is_empty()
+        self.body().is_empty()
     }
     async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
         // The body is done, so this only waits for the client to go away (or errors if it
-        // sends more), exactly as the real session does once its body is read.
+        // sends more), exactly as the real session does once its body is read. Pingora polls
+        // it for as long as it waits on the upstream, so the watchdog's deadlines end that
+        // wait here.
         let _ = no_body_expected;
-        self.m().read_body_or_idle(true).await
+        match self.watch.clone() {
+            None => self.m().read_body_or_idle(true).await,
+            Some(watch) => tokio::select! {
+                read = self.m().read_body_or_idle(true) => read,
+                kind = watch.expired() => Err(Watchdog::error(kind)),
+            },
+        }
     }
     fn body_bytes_sent(&self) -> usize {
         self.s().body_bytes_sent()
@@ -220,7 +251,7 @@ impl CustomSession for BodyReplaySession {
         false
     }
     fn get_retry_buffer(&self) -> Option<Bytes> {
-        Some(self.body.clone())
+        Some(self.body())
     }
     async fn finish_custom(&mut self) -> Result<()> {
         Ok(())

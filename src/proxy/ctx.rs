@@ -10,9 +10,9 @@ use crate::metering::StreamMeter;
 use super::endpoints::RequestInfo;
 use crate::api::Endpoint;
 use crate::billing::pricing::Units;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How the response body is handled on its way back.
 #[derive(Default)]
@@ -54,6 +54,43 @@ pub struct Inference {
     /// The key's and the account's spend-cap holds for the same worst case.
     pub spend_hold: Option<SpendHold>,
     pub account_hold: Option<SpendHold>,
+    /// The route this attempt uses: its timeouts.
+    pub timeouts: crate::config::snapshot::Timeouts,
+}
+
+/// A request's routing: its candidates, the attempt in progress, and what earlier attempts did.
+pub struct Routing {
+    pub plan: crate::routing::plan::Plan,
+    /// The attempt in progress (its candidate, health guard, start).
+    pub current: Option<Attempt>,
+    /// Finished attempts, for the generation record.
+    pub log: Vec<crate::store::records::AttemptRecord>,
+    /// The first attempt was prepared in `request_filter`; `upstream_peer` starts it as is.
+    pub prepared: bool,
+    /// A stale pooled connection failed before the provider saw the request: same route again.
+    pub retry_same: bool,
+    /// `upstream_response_filter` turned a 5xx/429 into an error to fail over.
+    pub failing_over: bool,
+    pub watchdog: Arc<super::watchdog::Watchdog>,
+    /// The client's body (routing options removed) each attempt is translated from.
+    pub client_body: Bytes,
+    pub content_type: String,
+    /// The requested model's slug (first of the list), for metrics.
+    pub primary: String,
+}
+
+pub struct Attempt {
+    pub index: usize,
+    pub guard: crate::routing::health::AttemptGuard,
+    pub started: Instant,
+    /// When this attempt must end (the request's deadline, or the provider's attempt limit).
+    pub deadline: Instant,
+}
+
+impl Routing {
+    pub fn candidate(&self) -> Option<&crate::routing::plan::Candidate> {
+        self.current.as_ref().map(|a| &self.plan.candidates[a.index])
+    }
 }
 
 pub struct RequestCtx {
@@ -64,6 +101,10 @@ pub struct RequestCtx {
     pub config: Arc<Config>,
     pub key: Option<Arc<KeyEntry>>,
     pub inference: Option<Inference>,
+    /// Routes, attempts and deadlines of an inference request.
+    pub routing: Option<Routing>,
+    /// Time spent on upstream attempts that failed over, excluded from the gateway's overhead.
+    pub upstream_wait: Duration,
     /// Set while the downstream session is wrapped to replay the body.
     pub replay: Option<ReplaySlot>,
     pub body_mode: BodyMode,
@@ -102,6 +143,8 @@ impl RequestCtx {
             config,
             key: None,
             inference: None,
+            routing: None,
+            upstream_wait: Duration::ZERO,
             replay: None,
             body_mode: BodyMode::Untouched,
             error: None,
@@ -130,7 +173,7 @@ impl RequestCtx {
             (Some(a), None) => a.elapsed(),
             _ => Default::default(),
         };
-        total.saturating_sub(upstream).as_micros() as u64
+        total.saturating_sub(upstream).saturating_sub(self.upstream_wait).as_micros() as u64
     }
 }
 

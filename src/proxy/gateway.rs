@@ -1,9 +1,15 @@
 //! The one `ProxyHttp` implementation: a request's path through Pingora's phases.
 //!
 //! - `request_filter`: route; answer local routes; for inference authenticate, read and
-//!   validate the body, pick the model, reserve the worst-case cost, rewrite the body and
-//!   install it for replay.
-//! - `upstream_peer`: the provider's address, TLS and timeouts.
+//!   validate the body, plan the routes (`routing::plan`), reserve the worst-case cost over
+//!   every candidate route, take the first attempt's route, rewrite the body for it and install
+//!   it for replay.
+//! - `upstream_peer`: a failover takes the next route and re-translates the body for it; then
+//!   the provider's address, TLS, timeouts and the attempt's watchdog.
+//! - `fail_to_connect` / `upstream_response_filter` / `error_while_proxy`: a refused
+//!   connection, a 5xx or 429, or a timeout before anything reached the client fails over to
+//!   the next route while the attempt budget and the deadline allow; the route's health
+//!   counts it.
 //! - `upstream_request_filter`: the provider's path, Host and credentials; the client's key
 //!   and anything carrying our key prefix removed; `accept-encoding` stripped so bodies can
 //!   be metered.
@@ -12,8 +18,10 @@
 //! - `logging`: settle or release the reservation, record the generation, metrics, access log.
 
 use super::body_replay::ReplaySlot;
-use super::ctx::{BodyMode, Inference, RequestCtx};
-use super::{access_log, local, read_body::read_body, upstream_error};
+use super::ctx::{BodyMode, Inference, RequestCtx, Routing};
+use super::watchdog::{self, TimeoutKind, Watchdog};
+use super::{access_log, attempt, local, read_body::read_body, upstream_error};
+use crate::routing::{plan, prefs};
 use crate::api::error::{self, ApiError};
 use crate::api::{self, Endpoint, Route};
 use crate::app::App;
@@ -23,7 +31,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,19 +84,55 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let inf = ctx.inference.as_ref().ok_or_else(|| {
-            Error::explain(pingora::ErrorType::InternalError, "no inference route chosen")
-        })?;
-        let up = &inf.provider.upstream;
-        ctx.upstream_start = Some(Instant::now());
-        let addr = self.resolver.resolve(&up.host, up.port).await.map_err(|e| {
-            Error::because(pingora::ErrorType::ConnectNoRoute, format!("resolving {}", up.host), e)
-        })?;
-        let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
-        peer.options.connection_timeout = Some(inf.provider.connect_timeout);
-        peer.options.read_timeout = Some(inf.provider.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        if ctx.inference.is_none() || ctx.routing.is_none() {
+            return Error::e_explain(pingora::ErrorType::InternalError, "no inference route chosen");
+        }
+        loop {
+            let now = Instant::now();
+            if let Err(e) = self.begin_attempt(ctx, now) {
+                ctx.error = Some(e);
+                return Error::e_explain(pingora::ErrorType::ConnectNoRoute, "no route left to try");
+            }
+            let (inf, routing) = (ctx.inference.as_ref().expect("checked"), ctx.routing.as_ref().expect("checked"));
+            let attempt = routing.current.as_ref().expect("begin_attempt sets it");
+            let provider = inf.provider.clone();
+            let up = &provider.upstream;
+            let t = inf.timeouts;
+            let connect = t.connect.min(watchdog::remaining(attempt.deadline, now));
+            let resolved = tokio::time::timeout(connect, self.resolver.resolve(&up.host, up.port)).await;
+            let addr = match resolved {
+                Ok(Ok(addr)) => addr,
+                // An unresolvable provider is a failed route like a refused connection: the next
+                // route may still answer.
+                failure => {
+                    let why = match failure {
+                        Ok(Err(e)) => format!("resolving {}: {e}", up.host),
+                        _ => format!("resolving {} timed out", up.host),
+                    };
+                    let next = self.can_fail_over(ctx, now);
+                    attempt::failed(ctx, 0, why.clone(), next);
+                    if next {
+                        continue;
+                    }
+                    ctx.error = Some(ApiError::provider_unavailable(format!("cannot reach the provider ({why})")));
+                    return Error::e_explain(pingora::ErrorType::ConnectNoRoute, why);
+                }
+            };
+            let routing = ctx.routing.as_ref().expect("checked");
+            let attempt = routing.current.as_ref().expect("begin_attempt sets it");
+            let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
+            peer.options.connection_timeout = Some(connect);
+            peer.options.total_connection_timeout = Some(connect);
+            // The watchdog enforces first byte, idle and total; Pingora's per-read timeout is
+            // only a backstop behind it.
+            let backstop = t.first_byte.max(t.idle) + Duration::from_secs(1);
+            peer.options.read_timeout = Some(backstop);
+            peer.options.write_timeout = Some(backstop);
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            routing.watchdog.arm(now + t.first_byte, TimeoutKind::FirstByte, attempt.deadline);
+            ctx.upstream_start = Some(now);
+            return Ok(Box::new(peer));
+        }
     }
 
     async fn upstream_request_filter(
@@ -101,6 +145,44 @@ impl ProxyHttp for Gateway {
         super::upstream_headers::prepare(req, inf, &ctx.config.server.key_prefix)
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.routing.is_none() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let status = resp.status.as_u16();
+        if status >= 500 || status == 429 {
+            // Nothing has reached the client yet (this runs before the header is written), so
+            // another route can still answer.
+            let next = session.response_written().is_none() && self.can_fail_over(ctx, now);
+            attempt::failed(ctx, status, format!("provider answered {status}"), next);
+            if next {
+                if let Some(r) = ctx.routing.as_mut() {
+                    r.failing_over = true;
+                }
+                let mut e = Error::explain(pingora::ErrorType::HTTPStatus(status), "failing over to the next route");
+                e.set_retry(true);
+                return Err(e);
+            }
+            // The last route: its answer goes to the client as it is (502, or its 429).
+            if let Some(r) = ctx.routing.as_mut() {
+                r.current = None;
+            }
+        } else {
+            attempt::answered(ctx, status);
+        }
+        if let (Some(inf), Some(r)) = (ctx.inference.as_ref(), ctx.routing.as_ref()) {
+            let deadline = r.current.as_ref().map_or(r.plan.deadline, |a| a.deadline);
+            r.watchdog.arm(now + inf.timeouts.idle, TimeoutKind::Idle, deadline);
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -111,6 +193,7 @@ impl ProxyHttp for Gateway {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
         if let Some(inf) = ctx.inference.as_ref() {
+            resp.insert_header("x-tollgate-provider", inf.provider.name.as_str())?;
             let ok = (200..300).contains(&status);
             // Audio bytes pass through as they come; only their count of input characters,
             // known from the request, is billed.
@@ -174,8 +257,16 @@ impl ProxyHttp for Gateway {
         if ctx.inference.is_none() {
             return Ok(None);
         }
-        if ctx.first_body_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ctx.first_body_byte = Some(Instant::now());
+        if body.as_ref().is_some_and(|b| !b.is_empty()) {
+            let now = Instant::now();
+            if ctx.first_body_byte.is_none() {
+                ctx.first_body_byte = Some(now);
+            }
+            // Every chunk restarts the idle timer.
+            if let (Some(inf), Some(r)) = (ctx.inference.as_ref(), ctx.routing.as_ref()) {
+                let deadline = r.current.as_ref().map_or(r.plan.deadline, |a| a.deadline);
+                r.watchdog.arm(now + inf.timeouts.idle, TimeoutKind::Idle, deadline);
+            }
         }
         match &mut ctx.body_mode {
             BodyMode::Untouched => {}
@@ -210,23 +301,84 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Refused, unreachable, TLS failure, connect timeout: the next route may answer.
+        let retry = session.response_written().is_none() && self.can_fail_over(ctx, Instant::now());
+        attempt::failed(ctx, 0, format!("cannot connect ({}) to {peer}", e.etype().as_str()), retry);
+        if ctx.routing.is_some() {
+            e.set_retry(retry);
+        }
+        e
+    }
+
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        // A stale pooled connection fails before the upstream saw the request: safe to retry
-        // while nothing has reached the client yet. Pingora's default never retries a POST.
-        if session.response_written().is_none() {
-            e.retry.decide_reuse(client_reused);
-        } else {
+        let now = Instant::now();
+        if session.response_written().is_some() {
+            // Something reached the client: never retried; a stream gets an error event.
+            if let Some(kind) = TimeoutKind::from_error(&e) {
+                ctx.error.get_or_insert_with(|| ApiError::upstream_timeout(kind.message()));
+            }
             e.set_retry(false);
+            return e;
         }
+        let Some(routing) = ctx.routing.as_mut() else {
+            e.retry.decide_reuse(client_reused);
+            return e;
+        };
+        if std::mem::take(&mut routing.failing_over) {
+            // upstream_response_filter turned a 5xx/429 into this error; already recorded.
+            e.set_retry(true);
+            return e;
+        }
+        if let Some(kind) = TimeoutKind::from_error(&e) {
+            // Past the request's deadline there is nothing left to try (`has_next` knows).
+            let retry = self.can_fail_over(ctx, now);
+            attempt::failed(ctx, 0, kind.message().to_string(), retry);
+            if !retry {
+                ctx.error = Some(ApiError::upstream_timeout(kind.message()));
+            }
+            e.set_retry(retry);
+            return e;
+        }
+        // A pooled connection that turned out stale: the provider never saw the request, so
+        // the same route again, without counting it against the route.
+        if matches!(e.retry, pingora::RetryType::ReusedOnly) && client_reused {
+            routing.retry_same = true;
+            e.set_retry(true);
+            return e;
+        }
+        if *e.esource() == pingora::ErrorSource::Upstream {
+            let retry = self.can_fail_over(ctx, now);
+            attempt::failed(ctx, 0, format!("the provider failed: {}", e.etype().as_str()), retry);
+            e.set_retry(retry);
+            return e;
+        }
+        e.set_retry(false);
         e
+    }
+
+    /// A failover is routine: it is counted (`tollgate_failovers_total`, the route's attempts)
+    /// and recorded in the generation, so Pingora's warning per retry becomes a debug line.
+    fn suppress_proxy_warn_log(&self, session: &Session, ctx: &RequestCtx, e: &Error, context: ProxyWarnLogContext) -> bool {
+        if matches!(context, ProxyWarnLogContext::UpstreamRetry) && ctx.routing.is_some() {
+            log::debug!("failing over: {e}, {}", self.request_summary(session, ctx));
+            return true;
+        }
+        false
     }
 
     async fn fail_to_proxy(
@@ -257,6 +409,10 @@ impl ProxyHttp for Gateway {
         if let Some(slot) = ctx.replay.take() {
             slot.restore(session);
         }
+        if let Some(r) = ctx.routing.as_ref() {
+            r.watchdog.disarm();
+        }
+        attempt::finish(ctx, e);
         if ctx.stream_started {
             metrics::ACTIVE_STREAMS.dec();
         }
@@ -322,36 +478,36 @@ impl Gateway {
         let limit = endpoint.body_limit(ctx.config.server.max_body_bytes);
         let body = read_body(session, limit).await.map_err(api::Reply::from)?;
         let content_type = local::header_str(session, "content-type").unwrap_or_default();
+        // `models` and `provider` are the gateway's own options: read here, never sent upstream.
+        let (body, opts) = if endpoint == Endpoint::Transcriptions {
+            (body, prefs::RoutingOpts::default())
+        } else {
+            let (changed, opts) = prefs::extract(&body).map_err(api::Reply::from)?;
+            (changed.map(Bytes::from).unwrap_or(body), opts)
+        };
         let info = super::endpoints::parse(endpoint, &body, &content_type).map_err(api::Reply::from)?;
-        let (model, provider) = match ctx.config.route(&info.model) {
-            Some((m, p)) => (m.clone(), p.clone()),
-            None => return Err(ApiError::model_not_found(&info.model).into()),
-        };
-        if !model.serves(endpoint.label()) {
-            return Err(ApiError::invalid_request(format!(
-                "model '{}' does not serve /{}; it serves: {}",
-                model.slug,
-                endpoint.upstream_path().trim_start_matches('/'),
-                model.endpoints.join(", ")
-            ))
-            .with_param("model")
-            .into());
-        }
-        if !key.permits_model(&model.slug, &model.platforms) {
-            return Err(ApiError::new(403, "model_not_allowed", format!("this key may not use '{}'", model.slug))
-                .with_param("model")
-                .into());
-        }
+        let (candidates, primary) =
+            plan::build(&ctx.config, &key, endpoint, &info, &body, &opts).map_err(api::Reply::from)?;
 
-        // Reserve the worst case before the upstream is called (see endpoints::worst_units).
-        // A request on the account's own provider key (BYOK) costs the flat routing fee.
-        let byok_key = self.app.byok_key(key.account_id, &provider.name);
+        // Reserve the worst case before the upstream is called (see endpoints::worst_units), at
+        // the dearest route the request might end up on: failover never overspends. A request
+        // on the account's own provider key (BYOK) costs the flat routing fee.
         let markup_bps = self.app.markup_bps_in(&ctx.config, key.account_id);
-        let worst_units = super::endpoints::worst_units(endpoint, &info, &model).map_err(api::Reply::from)?;
-        let worst = match byok_key {
-            Some(_) => ctx.config.billing.byok_fee,
-            None => pricing::cost(&model, &worst_units, markup_bps),
-        };
+        let mut worst = 0;
+        let mut usable = Vec::with_capacity(candidates.len());
+        for (i, c) in candidates.into_iter().enumerate() {
+            let cost = match self.app.byok_key(key.account_id, &c.provider.name) {
+                Some(_) => ctx.config.billing.byok_fee,
+                None => match super::endpoints::worst_units(endpoint, &info, &c.route.model) {
+                    Ok(units) => pricing::cost(&c.route.model, &units, markup_bps),
+                    Err(e) if i == 0 => return Err(e.into()),
+                    // A fallback that cannot price this request (an image size it lacks).
+                    Err(_) => continue,
+                },
+            };
+            worst = worst.max(cost);
+            usable.push(c);
+        }
         let now = crate::store::now_secs();
         let cap_error = |cap: crate::limits::CapExceeded| {
             api::Reply::from(ApiError::new(
@@ -380,27 +536,92 @@ impl Gateway {
                 )))
             })?;
 
-        let upstream = super::wire::request(provider.kind, endpoint, &body, &info, &model, &content_type)
-            .map_err(api::Reply::from)?;
-        let upstream_body_len = upstream.body.len();
-        ctx.replay = Some(ReplaySlot::install(session, Bytes::from(upstream.body)));
-        ctx.inference = Some(Inference {
+        let deadline = ctx.start + primary.total_timeout.unwrap_or(ctx.config.routing.total_timeout);
+        let max_attempts = primary.max_attempts.unwrap_or(ctx.config.routing.max_attempts);
+        let first = usable.first().map(|c| (c.provider.clone(), c.route.timeouts));
+        let Some((first_provider, first_timeouts)) = first else {
+            return Err(ApiError::model_not_found(&info.model).into());
+        };
+        let mut routing = Routing {
+            plan: plan::Plan::new(usable, max_attempts, deadline),
+            current: None,
+            log: Vec::new(),
+            prepared: true,
+            retry_same: false,
+            failing_over: false,
+            watchdog: Arc::new(Watchdog::default()),
+            client_body: body.clone(),
+            content_type,
+            primary: primary.slug.clone(),
+        };
+        let mut inf = Inference {
             endpoint,
-            model,
-            provider,
+            model: primary,
+            provider: first_provider,
             info,
-            path: upstream.path,
-            json_mode: upstream.json_mode,
-            via_chat: upstream.via_chat,
-            content_type: upstream.content_type,
+            path: String::new(),
+            json_mode: false,
+            via_chat: false,
+            content_type: None,
             request_bytes: body.len(),
-            upstream_body_len,
-            byok_key,
+            upstream_body_len: 0,
+            byok_key: None,
             markup_bps,
             reservation: Some(reservation),
             spend_hold: Some(spend_hold),
             account_hold: Some(account_hold),
-        });
+            timeouts: first_timeouts,
+        };
+        let upstream_body = attempt::next(&self.app, &mut routing, &mut inf, key.account_id, Instant::now())
+            .map_err(api::Reply::from)?;
+        ctx.replay = Some(ReplaySlot::install_with(session, upstream_body, Some(routing.watchdog.clone())));
+        ctx.inference = Some(inf);
+        ctx.routing = Some(routing);
+        Ok(())
+    }
+
+    /// Whether the request may fail over after the attempt in progress: budget, deadline and
+    /// an untried candidate left.
+    fn can_fail_over(&self, ctx: &RequestCtx, now: Instant) -> bool {
+        ctx.routing.as_ref().is_some_and(|r| r.plan.has_next(now))
+    }
+
+    /// Start an upstream attempt: the one `request_filter` prepared, the same route again
+    /// after a stale pooled connection, or the next route (re-translating the body for it).
+    fn begin_attempt(&self, ctx: &mut RequestCtx, now: Instant) -> std::result::Result<(), ApiError> {
+        let account_id = ctx.key.as_ref().map_or(0, |k| k.account_id);
+        let Some(routing) = ctx.routing.as_mut() else {
+            return Err(ApiError::internal("no inference route chosen"));
+        };
+        let has_current = routing.current.is_some();
+        if std::mem::take(&mut routing.prepared) && has_current {
+            return Ok(());
+        }
+        if std::mem::take(&mut routing.retry_same) && has_current {
+            if let Some(a) = routing.current.as_mut() {
+                ctx.upstream_wait += now.saturating_duration_since(a.started);
+                a.started = now;
+            }
+            return Ok(());
+        }
+        // A failover. An attempt still open here ended without a verdict recorded: count it.
+        if has_current {
+            attempt::failed(ctx, 0, "retried".into(), true);
+        }
+        let (Some(routing), Some(inf)) = (ctx.routing.as_mut(), ctx.inference.as_mut()) else {
+            return Err(ApiError::internal("no inference route chosen"));
+        };
+        let body = attempt::next(&self.app, routing, inf, account_id, now)?;
+        if let Some(slot) = ctx.replay.as_ref() {
+            slot.set_body(body);
+        }
+        metrics::FAILOVERS.with_label_values(&[routing.primary.as_str()]).inc();
+        ctx.upstream_status = None;
+        ctx.upstream_header = None;
+        ctx.first_body_byte = None;
+        ctx.upstream_end = None;
+        ctx.body_mode = BodyMode::Untouched;
+        ctx.error = None;
         Ok(())
     }
 

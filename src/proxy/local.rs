@@ -55,7 +55,8 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
         | Route::AdminCredits(_)
         | Route::AdminKeys(_)
         | Route::AdminAudit
-        | Route::AdminRecomputeTiers => admin_route(app, session, ctx, route).await,
+        | Route::AdminRecomputeTiers
+        | Route::AdminRoutes => admin_route(app, session, ctx, route).await,
         Route::NotFound => Err(ApiError::not_found(format!(
             "no route for {} {}",
             session.req_header().method,
@@ -94,6 +95,7 @@ async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, rou
         Route::AdminKeys(id) => admin::create_key(app, config, id, &body).await,
         Route::AdminAudit => crate::api::audit::list(app, query),
         Route::AdminRecomputeTiers => admin::recompute_tiers(app, &body).await,
+        Route::AdminRoutes => Ok(crate::routing::admin::routes(config)),
         _ => Err(ApiError::internal("not an admin route")),
     }
 }

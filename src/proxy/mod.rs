@@ -2,6 +2,7 @@
 //! each of its phases uses.
 
 pub mod access_log;
+pub mod attempt;
 pub mod body_replay;
 pub mod ctx;
 pub mod endpoints;
@@ -12,6 +13,7 @@ pub mod resolve;
 pub mod settle;
 pub mod upstream_error;
 pub mod upstream_headers;
+pub mod watchdog;
 pub mod wire;
 
 pub use gateway::Gateway;

@@ -69,7 +69,12 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
         created_at: crate::store::now_secs(),
         attempts: 1,
         error: None,
+        attempt_log: Vec::new(),
     };
+    if let Some(r) = ctx.routing.as_mut() {
+        record.attempt_log = std::mem::take(&mut r.log);
+        record.attempts = record.attempt_log.len().max(1) as u32;
+    }
 
     if let (Some(start), Some(header)) = (ctx.upstream_start, ctx.upstream_header) {
         let end = ctx.upstream_end.unwrap_or_else(std::time::Instant::now);

@@ -6,6 +6,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 /// Which contract error a proxy failure is.
 pub fn classify(e: &Error) -> ApiError {
     use ErrorType::*;
+    if let Some(kind) = super::watchdog::TimeoutKind::from_error(e) {
+        return ApiError::upstream_timeout(kind.message());
+    }
     match e.etype() {
         ConnectTimedout => ApiError::upstream_timeout("the provider did not accept a connection in time"),
         ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {

@@ -30,12 +30,24 @@ fn invalid(e: openai::RequestError) -> ApiError {
     err
 }
 
-fn not_offered(kind: ProviderKind, endpoint: Endpoint) -> ApiError {
+/// The answer for a provider kind that cannot serve an endpoint.
+pub fn not_offered(kind: ProviderKind, endpoint: Endpoint) -> ApiError {
     ApiError::invalid_request(format!(
         "providers of kind {} do not offer /{}",
         kind.as_str(),
         endpoint.upstream_path().trim_start_matches('/')
     ))
+}
+
+/// Whether providers of `kind` can serve `endpoint` at all (what [`request`] translates).
+pub fn offers(kind: ProviderKind, endpoint: Endpoint) -> bool {
+    match kind {
+        ProviderKind::OpenAi | ProviderKind::Mock => true,
+        ProviderKind::Anthropic => matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions),
+        ProviderKind::Gemini => {
+            matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings)
+        }
+    }
 }
 
 pub fn request(

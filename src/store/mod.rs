@@ -623,6 +623,7 @@ pub(crate) mod tests {
             created_at: now_secs(),
             attempts: 1,
             error: None,
+            attempt_log: Vec::new(),
         }
     }
 

@@ -124,6 +124,25 @@ pub struct GenerationRecord {
     /// Why the request failed, for unbilled records.
     #[serde(default)]
     pub error: Option<String>,
+    /// Every upstream attempt, in order (failovers included); the last one is the answer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// One upstream attempt of a request: which route, what came back, how long it took.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The slug the attempt served (a fallback model's, for a fallback).
+    pub model: String,
+    pub provider: String,
+    #[serde(default)]
+    pub upstream_model: String,
+    /// The provider's HTTP status; 0 when none came (refused, timeout).
+    #[serde(default)]
+    pub status: u16,
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Per (account, UTC day, key, model) sums of generation records, kept in the same

@@ -634,3 +634,86 @@ impl Gateway {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 }
+
+// ---- Routing (tests/gateway/routing.rs): several mock providers, configs of their own.
+
+/// `[server]` and flat `[billing]` for a gateway whose providers and models are all in `body`.
+pub fn routed_config(port: u16, metrics_port: u16, data_dir: &Path, body: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+data_dir = "{data}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+threads = 2
+grace_period_secs = 10
+reload_poll_ms = 100
+
+[billing]
+tiers = []
+{body}
+"#,
+        data = data_dir.display()
+    )
+}
+
+/// A `[providers.NAME]` section for a mock provider on `port` (the mock requires
+/// [`PROVIDER_KEY`], which the gateway gets from `TOLLGATE_TEST_PROVIDER_KEY`).
+pub fn mock_provider(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "\n[providers.{name}]\nkind = \"mock\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\napi_key_env = \"TOLLGATE_TEST_PROVIDER_KEY\"\n{extra}\n"
+    )
+}
+
+impl Mock {
+    /// A mock that requires the provider key, like the one every `Gateway` starts with.
+    pub fn keyed() -> Mock {
+        Mock::start_with(&["--api-key", PROVIDER_KEY])
+    }
+}
+
+impl Gateway {
+    /// A gateway whose providers and models are all in `body` (see [`routed_config`]); `mock`
+    /// is kept with it (its `mock` field), other mocks are the caller's.
+    pub fn start_routed(mock: Mock, body: &str) -> Gateway {
+        let dir = scratch_dir("gw-routing");
+        let port = free_port();
+        let metrics_port = free_port();
+        let config_path = dir.join("tollgate.toml");
+        std::fs::write(&config_path, routed_config(port, metrics_port, &dir.join("data"), body)).unwrap();
+        let mut gw = Gateway { port, metrics_port, stdout_path: dir.join("stdout.log"), dir, config_path, proc: None, mock };
+        gw.spawn();
+        gw
+    }
+
+    /// Replace a routed gateway's providers and models; returns once `probe_slug` is served
+    /// by `/v1/models/{slug}` (the reload took effect).
+    pub fn reload_routed(&self, body: &str, probe_slug: &str) {
+        std::fs::write(&self.config_path, routed_config(self.port, self.metrics_port, &self.dir.join("data"), body)).unwrap();
+        let start = Instant::now();
+        loop {
+            let r = client().get(self.url(&format!("/v1/models/{probe_slug}"))).send().unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "reload never applied; stderr:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET path` with the admin token, as JSON (asserting 200).
+    pub fn admin_get(&self, path: &str) -> Value {
+        let r = client().get(self.url(path)).bearer_auth(ADMIN_TOKEN).send().unwrap();
+        let status = r.status();
+        let text = r.text().unwrap_or_default();
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// One route of `/admin/routes`: the model's route whose provider is `provider`.
+    pub fn route_state(&self, model: &str, provider: &str) -> Value {
+        let v = self.admin_get("/v1/admin/routes");
+        let m = v["data"].as_array().unwrap().iter().find(|m| m["model"] == model).unwrap_or_else(|| panic!("no model {model} in {v}"));
+        m["routes"].as_array().unwrap().iter().find(|r| r["provider"] == provider).unwrap_or_else(|| panic!("no route {provider} in {m}")).clone()
+    }
+}

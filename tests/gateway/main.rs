@@ -16,6 +16,7 @@ mod limits;
 mod providers;
 mod proxying;
 mod reload;
+mod routing;
 mod routes;
 mod streaming;
 mod tls;
