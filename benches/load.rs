@@ -52,6 +52,8 @@ const MODEL: &str = "mock/echo-1";
 const UPSTREAM_MODEL: &str = "echo-1";
 /// Two healthy routes (both on the mock, under two upstream names).
 const MODEL_TWO: &str = "bench/two-routes";
+/// Served by a provider of kind `anthropic`: every chunk is translated.
+const MODEL_CLAUDE: &str = "bench/claude";
 /// Two routes, one of them on a mock that answers 500 to everything: ejected during warm-up.
 const MODEL_HALF_FAILING: &str = "bench/one-route-failing";
 /// The failing route first (priority 0) and never ejected: every request fails over.
@@ -297,9 +299,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn run_bench() {
     let settings = Settings::from_env();
-    // Seven runs of warm-up + measurement + the request timeout, plus startup and setup.
+    // Nine runs of warm-up + measurement + the request timeout, plus startup and setup.
     let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
-    start_watchdog(per_run * 7 + STARTUP_TIMEOUT * 4 + Duration::from_secs(60));
+    start_watchdog(per_run * 9 + STARTUP_TIMEOUT * 4 + Duration::from_secs(60));
 
     let tmp = TempDir::new();
     let http = reqwest::blocking::Client::builder()
@@ -376,7 +378,7 @@ fn run_bench() {
     );
     gw.wait_for_port(gw_port);
     wait_ready(&http, gw_port, &gw);
-    let key = create_account_and_key(&http, gw_port);
+    let (key, limited_key) = create_account_and_key(&http, gw_port);
 
     // The four request shapes, checked once each so a broken setup fails here with a clear
     // message instead of as a table full of errors.
@@ -387,6 +389,9 @@ fn run_bench() {
     smoke(&http, pass_port, PROVIDER_KEY, &plain, false, false);
     smoke(&http, gw_port, &key, &gw_json, false, true);
     smoke(&http, gw_port, &key, &gw_stream, true, true);
+    let gw_claude = json!({"model": MODEL_CLAUDE, "messages": [{"role": "user", "content": "Hello"}], "stream": true});
+    smoke(&http, gw_port, &key, &gw_claude, true, true);
+    smoke(&http, gw_port, &limited_key, &gw_json, false, true);
     let routed = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]});
     let (gw_two, gw_half, gw_always) = (routed(MODEL_TWO), routed(MODEL_HALF_FAILING), routed(MODEL_ALWAYS_FAILOVER));
     smoke(&http, gw_port, &key, &gw_two, false, true);
@@ -411,6 +416,8 @@ fn run_bench() {
         Target::new("gateway → 2 healthy routes", gw_port, &key, &gw_two, false, Some(gw_pid), mock_pid),
         Target::new("gateway → 2 routes, one failing (ejected)", gw_port, &key, &gw_half, false, Some(gw_pid), mock_pid),
         Target::new("gateway → failover on every request", gw_port, &key, &gw_always, false, Some(gw_pid), mock_pid),
+        Target::new("gateway → mock, key with every limit", gw_port, &limited_key, &gw_json, false, Some(gw_pid), mock_pid),
+        Target::new("gateway → Anthropic-format mock, streaming (translated)", gw_port, &key, &gw_claude, true, Some(gw_pid), mock_pid),
     ];
     let mut results = Vec::new();
     for target in &targets {
@@ -500,6 +507,21 @@ max_output_tokens = 4096
 input_per_mtok = 1.00
 output_per_mtok = 2.00
 
+# The Anthropic-translated run: the same mock, spoken to in Anthropic's Messages format.
+[providers.claude]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+api_key_env = "TOLLGATE_BENCH_PROVIDER_KEY"
+
+[[models]]
+slug = "{MODEL_CLAUDE}"
+provider = "claude"
+upstream_model = "claude-bench"
+context_length = 32768
+max_output_tokens = 4096
+input_per_mtok = 3.00
+output_per_mtok = 15.00
+
 # Routing runs. The first ejection outlasts a run (10 s, then 20 s after a failed probe).
 [routing]
 failure_threshold = 3
@@ -568,8 +590,8 @@ fn wait_ready(http: &reqwest::blocking::Client, port: u16, gw: &ChildGuard) {
     panic!("gateway not ready within {STARTUP_TIMEOUT:?}; stderr:\n{}", gw.stderr());
 }
 
-/// An account with plenty of credit and one API key; returns the key.
-fn create_account_and_key(http: &reqwest::blocking::Client, port: u16) -> String {
+/// An account with plenty of credit and two API keys: (plain, with every limit set).
+fn create_account_and_key(http: &reqwest::blocking::Client, port: u16) -> (String, String) {
     let admin = |path: &str, body: Value| -> Value {
         let r = http
             .post(format!("http://127.0.0.1:{port}{path}"))
@@ -586,7 +608,15 @@ fn create_account_and_key(http: &reqwest::blocking::Client, port: u16) -> String
     let id = account["id"].as_u64().unwrap_or_else(|| panic!("no account id in {account}"));
     admin(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "1000"}));
     let key = admin(&format!("/v1/admin/accounts/{id}/keys"), json!({"name": "load"}));
-    key["key"].as_str().unwrap_or_else(|| panic!("no key in {key}")).to_string()
+    // The same account's second key carries every per-key limit (set far above what a run
+    // reaches), so the limited run measures the checks, not refusals.
+    let limited = admin(
+        &format!("/v1/admin/accounts/{id}/keys"),
+        json!({"name": "load-limited", "rate_limit_rpm": 4_000_000_000u64, "tokens_per_minute": 4_000_000_000u64,
+               "daily_cap_usd": "900", "monthly_cap_usd": "950"}),
+    );
+    let text = |k: &Value| k["key"].as_str().unwrap_or_else(|| panic!("no key in {k}")).to_string();
+    (text(&key), text(&limited))
 }
 
 /// One request through reqwest; panics unless it succeeds (and streams to `[DONE]`).
@@ -1159,6 +1189,24 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         opt(percentile(&always.latencies_us, 0.99)),
         opt(percentile(&two.latencies_us, 0.50)),
         opt(percentile(&two.latencies_us, 0.99)),
+    ));
+    // Limits: result 7 (a key with rate, token, daily and monthly limits) vs result 2.
+    let limited = &results[7];
+    let ratio = rps(limited) / rps(gw);
+    out.push_str(&format!(
+        "- {} — throughput with every per-key limit checked within 5% of no limits: {:.0} vs {:.0} req/s = {:.1}%\n",
+        pass(ratio >= 0.95),
+        rps(limited),
+        rps(gw),
+        ratio * 100.0,
+    ));
+    // Translation: result 8, an Anthropic stream translated chunk by chunk.
+    let claude = &results[8];
+    out.push_str(&format!(
+        "- info — Anthropic-translated streaming: {:.0} req/s vs {:.0} req/s for OpenAI-format streaming; overhead p99 {} µs\n",
+        rps(claude),
+        rps(gws),
+        opt(p99(claude)),
     ));
     out
 }
