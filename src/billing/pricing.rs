@@ -16,8 +16,9 @@ pub enum Units {
     Images { count: u64, unit_price: Nano },
     /// Input characters (speech).
     Chars(u64),
-    /// Seconds of audio (transcriptions).
-    AudioSeconds(u64),
+    /// Milliseconds of audio (transcriptions): fine enough that the one rounding is the
+    /// final one to a whole nano-USD.
+    AudioMillis(u64),
 }
 
 impl Units {
@@ -50,8 +51,8 @@ pub fn cost(model: &Model, units: &Units, markup_bps: u32) -> Nano {
         }
         Units::Images { count, unit_price } => charge(&[(count, unit_price, 1)], markup_bps),
         Units::Chars(n) => charge(&[(n, model.input_per_mchar.unwrap_or(0), PER_MILLION)], markup_bps),
-        Units::AudioSeconds(s) => match model.audio_per_minute {
-            Some(p) => charge(&[(s, p, 60)], markup_bps),
+        Units::AudioMillis(ms) => match model.audio_per_minute {
+            Some(p) => charge(&[(ms, p, 60_000)], markup_bps),
             None => 0,
         },
     }
@@ -123,7 +124,8 @@ endpoints = ["chat", "images", "speech", "transcriptions"]
         assert_eq!(cost(&m, &Units::Images { count: 3, unit_price: m.image_price("1024x1024").unwrap() }, 0), 120_000_000);
         assert_eq!(m.image_price("256x256"), Some(80_000_000));
         assert_eq!(cost(&m, &Units::Chars(1000), 0), 15_000_000); // $15 / 1M chars → $0.015
-        assert_eq!(cost(&m, &Units::AudioSeconds(90), 0), 9_000_000); // 1.5 min × $0.006
-        assert_eq!(cost(&m, &Units::AudioSeconds(1), 0), 100_000);
+        assert_eq!(cost(&m, &Units::AudioMillis(90_000), 0), 9_000_000); // 1.5 min × $0.006
+        assert_eq!(cost(&m, &Units::AudioMillis(1_000), 0), 100_000);
+        assert_eq!(cost(&m, &Units::AudioMillis(2_500), 0), 250_000); // 2.5 s, not rounded to 3
     }
 }

@@ -183,7 +183,7 @@ pub fn worst_units(endpoint: Endpoint, info: &RequestInfo, model: &Model) -> Res
         Endpoint::Speech => Units::Chars(info.chars),
         Endpoint::Transcriptions => match model.audio_per_minute {
             // 8 kbit/s is below any usable speech codec, so bytes / 1000 bounds the seconds.
-            Some(_) => Units::AudioSeconds((info.audio_bytes as u64).div_ceil(1000).max(1)),
+            Some(_) => Units::AudioMillis((info.audio_bytes as u64).div_ceil(1000).max(1) * 1000),
             // Token-priced transcription: the audio's tokens are bounded like a prompt's.
             None => Units::Tokens(Usage {
                 prompt_tokens: estimate::prompt_upper_bound(info.audio_bytes, model.context_length),

@@ -16,14 +16,18 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::too_large(limit));
-    }
     let expects_continue = session
         .req_header()
         .headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared.is_some_and(|n| n > limit) {
+        // A client waiting for 100-continue sends nothing more: answer at once.
+        if !expects_continue {
+            discard_rest(session).await;
+        }
+        return Err(ApiError::too_large(limit));
+    }
     if expects_continue {
         // Pingora never answers Expect itself; curl would otherwise wait ~1 s.
         session
@@ -38,6 +42,8 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
         match session.downstream_session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() as u64 + chunk.len() as u64 > limit {
+                    drop(buf);
+                    discard_rest(session).await;
                     return Err(ApiError::too_large(limit));
                 }
                 buf.extend_from_slice(&chunk);
@@ -49,4 +55,14 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
         }
     }
     Ok(buf.freeze())
+}
+
+/// Read and drop what is left of a refused body, for a bounded time.
+///
+/// A client that sends its whole body before reading (most do, without `Expect`) would
+/// otherwise have the connection reset under it by the unread bytes and never see the 413.
+/// Nothing is kept, and a client that keeps sending past the bound is cut off.
+async fn discard_rest(session: &mut Session) {
+    const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+    let _ = tokio::time::timeout(DRAIN_FOR, session.downstream_session.drain_request_body()).await;
 }

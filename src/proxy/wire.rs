@@ -228,7 +228,10 @@ fn transcription_units(body: &[u8]) -> Option<Units> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let u = v.get("usage")?;
     match u.get("type").and_then(|t| t.as_str()) {
-        Some("duration") => Some(Units::AudioSeconds(u.get("seconds")?.as_f64()?.ceil().max(0.0) as u64)),
+        Some("duration") => {
+            let seconds = u.get("seconds")?.as_f64()?;
+            (seconds.is_finite() && seconds >= 0.0).then(|| Units::AudioMillis((seconds * 1000.0).ceil() as u64))
+        }
         Some("tokens") => Some(Units::Tokens(Usage {
             prompt_tokens: u.get("input_tokens")?.as_u64()?,
             completion_tokens: u.get("output_tokens").and_then(|o| o.as_u64()).unwrap_or(0),
@@ -246,7 +249,7 @@ pub fn estimated_units(endpoint: Endpoint, info: &RequestInfo, request_bytes: us
             ..Default::default()
         }),
         // About 2.5 spoken words per second, about 6 characters per word.
-        Endpoint::Transcriptions => Units::AudioSeconds((answer.len() as u64).div_ceil(15).max(1)),
+        Endpoint::Transcriptions => Units::AudioMillis((answer.len() as u64).div_ceil(15).max(1) * 1000),
         Endpoint::Speech => Units::Chars(info.chars),
         _ => Units::Tokens(Usage {
             prompt_tokens: estimate::tokens_from_chars(request_bytes as u64),

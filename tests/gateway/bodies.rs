@@ -81,3 +81,20 @@ fn a_body_over_the_limit_is_413() {
     assert_eq!(error_code(&r.json().unwrap()), "request_too_large");
     assert!(gw.mock.requests().is_empty());
 }
+
+#[test]
+fn an_oversized_declared_body_with_expect_continue_is_refused_before_it_is_sent() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("5");
+    let mut conn = RawConn::open(gw.port);
+    conn.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let (status, _, body) = conn.read_response();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error_code(&v), "request_too_large");
+}
