@@ -14,7 +14,9 @@ const TTL: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct Resolver {
-    cache: RwLock<HashMap<(String, u16), (SocketAddr, Instant)>>,
+    /// Host name → its address and when it was resolved. Keyed by the name alone (the port is
+    /// the caller's), so a lookup borrows the `&str` and allocates nothing.
+    cache: RwLock<HashMap<String, (IpAddr, Instant)>>,
 }
 
 impl Resolver {
@@ -22,16 +24,15 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
-        let key = (host.to_string(), port);
-        if let Some((addr, at)) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some((ip, at)) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(host) {
             if at.elapsed() < TTL {
-                return Ok(*addr);
+                return Ok(SocketAddr::new(*ip, port));
             }
         }
         let addr = tokio::net::lookup_host((host, port)).await?.next().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address"))
         })?;
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).insert(key, (addr, Instant::now()));
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), (addr.ip(), Instant::now()));
         Ok(addr)
     }
 }
