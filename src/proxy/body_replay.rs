@@ -29,6 +29,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use super::watchdog::Watchdog;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ type BoxedBodyStream =
 pub struct ReplaySlot {
     session: Arc<Mutex<Option<ServerSession>>>,
     body: Arc<Mutex<Bytes>>,
+    frame: Arc<AtomicBool>,
 }
 
 impl ReplaySlot {
@@ -60,9 +62,20 @@ impl ReplaySlot {
     /// [`install`](Self::install), with a watchdog whose deadlines fail the wait for the
     /// upstream (see `proxy::watchdog`).
     pub fn install_with(session: &mut Session, body: Bytes, watch: Option<Arc<Watchdog>>) -> ReplaySlot {
-        let slot = ReplaySlot { session: Default::default(), body: Arc::new(Mutex::new(body)) };
+        let slot = ReplaySlot {
+            session: Default::default(),
+            body: Arc::new(Mutex::new(body)),
+            frame: Default::default(),
+        };
         let real = std::mem::replace(&mut *session.downstream_session, detached_session());
-        let wrapper = BodyReplaySession { inner: Some(real), body: slot.body.clone(), slot: slot.session.clone(), watch };
+        let wrapper = BodyReplaySession {
+            inner: Some(real),
+            body: slot.body.clone(),
+            slot: slot.session.clone(),
+            watch,
+            frame: slot.frame.clone(),
+            pending: None,
+        };
         *session.downstream_session = ServerSession::new_custom(Box::new(wrapper));
         slot
     }
@@ -70,6 +83,13 @@ impl ReplaySlot {
     /// The body the next attempt sends.
     pub fn set_body(&self, body: Bytes) {
         *self.body.lock().unwrap_or_else(|p| p.into_inner()) = body;
+    }
+
+    /// Whether the next response header is held until its whole (rewritten) body is known, to
+    /// be sent with a `Content-Length` (see [`BodyReplaySession::response_duplex_vec`]). Set
+    /// for every response, since failover may bring another kind of answer.
+    pub fn frame_whole_body(&self, on: bool) {
+        self.frame.store(on, Ordering::Relaxed);
     }
 
     /// Swap the real downstream session back in. Call once; later calls do nothing.
@@ -97,6 +117,10 @@ pub struct BodyReplaySession {
     body: Arc<Mutex<Bytes>>,
     slot: Arc<Mutex<Option<ServerSession>>>,
     watch: Option<Arc<Watchdog>>,
+    /// See [`ReplaySlot::frame_whole_body`].
+    frame: Arc<AtomicBool>,
+    /// A response header held back until the body's length is known.
+    pending: Option<Box<ResponseHeader>>,
 }
 
 impl Drop for BodyReplaySession {
@@ -116,6 +140,53 @@ impl BodyReplaySession {
     }
     fn body(&self) -> Bytes {
         self.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A held header that must go out before its body is complete: frame the body as chunks
+    /// (HTTP/1; HTTP/2 frames itself).
+    fn release_chunked(&mut self, mut header: Box<ResponseHeader>) -> Box<ResponseHeader> {
+        if self.s().req_header().version != http::Version::HTTP_2 {
+            let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        header
+    }
+
+    /// Hold a JSON answer's header until its rewritten body is complete, then send both with a
+    /// `Content-Length`: one write to the client instead of three (header flushed because its
+    /// length is unknown, the body chunk, the last chunk), which is most of what a small
+    /// non-streamed answer costs beyond Pingora's own pass-through. The gateway only ever
+    /// releases such a body at its end (it collects it to rewrite it), so nothing is delayed.
+    /// Anything unexpected (another task first) releases the header as a chunked one.
+    fn frame_tasks(&mut self, tasks: Vec<HttpTask>) -> Vec<HttpTask> {
+        let mut out = Vec::with_capacity(tasks.len() + 1);
+        for task in tasks {
+            match task {
+                HttpTask::Header(h, false)
+                    if self.pending.is_none()
+                        && self.frame.load(Ordering::Relaxed)
+                        && !h.status.is_informational() =>
+                {
+                    self.pending = Some(h);
+                }
+                HttpTask::Body(None, false) if self.pending.is_some() => {}
+                HttpTask::Body(data, true) if self.pending.is_some() => {
+                    let mut h = self.pending.take().expect("checked");
+                    let len = data.as_ref().map_or(0, |d| d.len());
+                    h.remove_header(&http::header::TRANSFER_ENCODING);
+                    let _ = h.insert_header(http::header::CONTENT_LENGTH, len);
+                    out.push(HttpTask::Header(h, false));
+                    out.push(HttpTask::Body(data, true));
+                }
+                other => {
+                    if let Some(h) = self.pending.take() {
+                        let h = self.release_chunked(h);
+                        out.push(HttpTask::Header(h, false));
+                    }
+                    out.push(other);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -155,6 +226,10 @@ impl CustomSession for BodyReplaySession {
         self.m().write_response_trailers(trailers).await
     }
     async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        let tasks = self.frame_tasks(tasks);
+        if tasks.is_empty() {
+            return Ok(false);
+        }
         self.m().response_duplex_vec(tasks).await
     }
     fn proxy_tasks_enabled(&self) -> bool {
@@ -164,6 +239,13 @@ impl CustomSession for BodyReplaySession {
         self.m().set_proxy_tasks_enabled(enabled)
     }
     fn send_proxy_task(&mut self, task: HttpTask) {
+        // This path writes tasks one at a time: no header is held back, only framed.
+        let task = match task {
+            HttpTask::Header(h, end) if self.frame.load(Ordering::Relaxed) => {
+                HttpTask::Header(self.release_chunked(h), end)
+            }
+            other => other,
+        };
         self.m().send_downstream_proxy_task(task)
     }
     fn has_pending_proxy_tasks(&self) -> bool {
@@ -194,7 +276,9 @@ impl CustomSession for BodyReplaySession {
         self.s().request_summary()
     }
     fn response_written(&self) -> Option<&ResponseHeader> {
-        self.s().response_written()
+        // A held header counts as written: Pingora must not answer over it, and failover
+        // decisions stay as they were when it went out at once.
+        self.pending.as_deref().or_else(|| self.s().response_written())
     }
     async fn shutdown(&mut self, _code: u32, _ctx: &str) {
         self.m().shutdown().await
@@ -206,6 +290,10 @@ impl CustomSession for BodyReplaySession {
         true
     }
     async fn finish(&mut self) -> Result<()> {
+        if let Some(h) = self.pending.take() {
+            let h = self.release_chunked(h);
+            self.m().write_response_header(h).await?;
+        }
         self.m().finish_body().await
     }
     fn is_body_empty(&mut self) -> bool {

@@ -232,9 +232,15 @@ impl ProxyHttp for Gateway {
             if !ok {
                 resp.insert_header("content-type", "application/json")?;
             }
-            // The body is rewritten, so its length changes: re-frame it.
+            // The body is rewritten, so its length changes: re-frame it. A collected (JSON)
+            // body goes out whole with its new length (the replay wrapper holds the header
+            // until then); a stream is sent in chunks.
             resp.remove_header(&http::header::CONTENT_LENGTH);
-            if session.req_header().version != http::Version::HTTP_2 {
+            let whole = matches!(ctx.body_mode, BodyMode::Json(_) | BodyMode::Error(_));
+            if let Some(slot) = ctx.replay.as_ref() {
+                slot.frame_whole_body(whole);
+            }
+            if (!whole || ctx.replay.is_none()) && session.req_header().version != http::Version::HTTP_2 {
                 resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             }
             for name in HIDDEN_UPSTREAM_HEADERS {

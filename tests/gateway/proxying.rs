@@ -95,3 +95,39 @@ fn provider_4xx_passes_through_in_contract_shape() {
     assert_eq!(error_code(&v), "invalid_request");
     assert!(v["error"]["message"].as_str().unwrap().len() > 3);
 }
+
+/// A non-streamed answer is rewritten whole, so it goes out with its exact `Content-Length`
+/// (one write, no chunked framing), on a connection that stays usable; a stream stays chunked.
+#[test]
+fn a_json_answer_carries_its_rewritten_length_and_a_stream_stays_chunked() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("5");
+    let mut conn = RawConn::open(gw.port);
+    for stream in [false, false, true, false] {
+        let body = json!({"model": "mock/echo-1", "stream": stream,
+                          "messages": [{"role": "user", "content": "Hello"}]})
+        .to_string();
+        conn.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let (status, headers, body) = conn.read_response();
+        assert_eq!(status, 200);
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        if stream {
+            assert_eq!(get("transfer-encoding").as_deref(), Some("chunked"));
+            assert!(get("content-length").is_none());
+            assert!(String::from_utf8_lossy(&body).contains("data: [DONE]"));
+        } else {
+            assert!(get("transfer-encoding").is_none(), "{headers:?}");
+            let len: usize = get("content-length").expect("content-length").parse().unwrap();
+            assert_eq!(len, body.len());
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["model"], "mock/echo-1");
+        }
+    }
+}
