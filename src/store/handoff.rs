@@ -201,10 +201,10 @@ pub struct JournalFile {
     pub pid: u32,
 }
 
-/// Every other process's journal in `dir`, oldest pid first (order does not matter for
-/// correctness: each charge is applied once whatever the order).
+/// Every journal in `dir`, by pid (order does not matter for correctness: each charge is
+/// applied once whatever the order). One with this process's own pid can only be stale (left
+/// before a reboot): a process writes its journal after it last reads them.
 pub fn find_journals(dir: &Path) -> Vec<JournalFile> {
-    let me = std::process::id();
     let mut out: Vec<JournalFile> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -212,7 +212,7 @@ pub fn find_journals(dir: &Path) -> Vec<JournalFile> {
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
             let pid = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()?;
-            (pid != me).then(|| JournalFile { path: entry.path(), pid })
+            Some(JournalFile { path: entry.path(), pid })
         })
         .collect();
     out.sort_by_key(|j| j.pid);
@@ -288,13 +288,17 @@ impl Store {
     }
 }
 
-/// Opens the store in `dir`, waiting up to `timeout` while another process (the one being
-/// upgraded) still holds it. Returns the store and how long it waited.
-pub fn open_waiting(dir: &Path, timeout: std::time::Duration) -> Result<(Store, std::time::Duration), StoreError> {
+/// Runs `open` (something that opens the store) until it stops failing because another
+/// process (the one being upgraded) still holds the file, for up to `timeout`. Returns what it
+/// opened and how long it waited.
+pub fn retry_while_locked<T>(
+    timeout: std::time::Duration,
+    mut open: impl FnMut() -> Result<T, StoreError>,
+) -> Result<(T, std::time::Duration), StoreError> {
     let start = std::time::Instant::now();
     loop {
-        match Store::open(dir) {
-            Ok(store) => return Ok((store, start.elapsed())),
+        match open() {
+            Ok(opened) => return Ok((opened, start.elapsed())),
             Err(e) if e.0.contains("already open") && start.elapsed() < timeout => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -328,7 +332,7 @@ mod tests {
         writer.hand_off(journal).expect("handoff");
         assert!(store.close());
         // The file is free: another handle can open it (what the new process does).
-        let (other, _) = open_waiting(&dir, std::time::Duration::from_secs(5)).expect("reopen");
+        let (other, _) = retry_while_locked(std::time::Duration::from_secs(5), || Store::open(&dir)).expect("reopen");
         assert!(other.has_generation("gen-before").unwrap());
         assert!(store.has_generation("gen-before").is_err(), "reads fail after close");
 
