@@ -72,25 +72,23 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
         threads: settings.threads,
         grace_period_seconds: Some(settings.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora 0.9.1 waits a fixed ~5 s on it, both for the new process's accept and the
+        // old process's connect (`upgrade_sock_connect_accept_max_retries` is not used there).
         upgrade_sock: settings.upgrade_sock.to_string_lossy().into_owned(),
-        // Pingora retries once a second, both for the new process's accept and the old
-        // process's connect.
-        upgrade_sock_connect_accept_max_retries: Some(settings.upgrade_timeout_secs as usize),
         ..Default::default()
     };
     let opt = Opt { upgrade, ..Default::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     if upgrade {
         log::info!(
-            "upgrade: waiting up to {}s on {} for the running process's listening sockets (send it SIGQUIT)",
-            settings.upgrade_timeout_secs,
+            "upgrade: waiting about 5 s on {} for the running process's listening sockets (send it SIGQUIT now)",
             settings.upgrade_sock.display()
         );
     }
     // With --upgrade this blocks until the old process sent its sockets (or exits the process).
     server.bootstrap();
 
-    let timeout = Duration::from_secs(if upgrade { settings.upgrade_timeout_secs } else { 0 });
+    let timeout = Duration::from_secs(if upgrade { settings.upgrade_store_wait_secs } else { 0 });
     let (app, waited) = crate::store::handoff::retry_while_locked(timeout, || App::open(handle.clone()))
         .map_err(|e| format!("cannot open the store: {e}"))?;
     let app = Arc::new(app);

@@ -58,9 +58,9 @@ pub struct ServerFile {
     /// Unix socket on which a new process started with `serve --upgrade` receives the
     /// listening sockets of the old one. Empty: `<data_dir>/upgrade.sock`.
     pub upgrade_sock: String,
-    /// How long a process started with `--upgrade` waits for the old one: for its listening
-    /// sockets (after SIGQUIT) and then for the store it releases.
-    pub upgrade_timeout_secs: u64,
+    /// How long a process started with `--upgrade`, once it has the listening sockets, waits
+    /// for the old process to release the store.
+    pub upgrade_store_wait_secs: u64,
 }
 
 impl Default for ServerFile {
@@ -84,7 +84,7 @@ impl Default for ServerFile {
             byok_key_env: "TOLLGATE_BYOK_KEY".into(),
             login_attempts_per_minute: 10,
             upgrade_sock: String::new(),
-            upgrade_timeout_secs: 30,
+            upgrade_store_wait_secs: 30,
         }
     }
 }

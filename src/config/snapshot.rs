@@ -203,7 +203,7 @@ pub struct ServerSettings {
     pub login_attempts_per_minute: u32,
     /// Where `serve --upgrade` receives the old process's listening sockets.
     pub upgrade_sock: PathBuf,
-    pub upgrade_timeout_secs: u64,
+    pub upgrade_store_wait_secs: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -333,8 +333,8 @@ fn server_settings(
     if s.login_attempts_per_minute == 0 {
         errs.push("server.login_attempts_per_minute", "must be at least 1");
     }
-    if !(1..=3600).contains(&s.upgrade_timeout_secs) {
-        errs.push("server.upgrade_timeout_secs", "must be between 1 and 3600");
+    if !(1..=3600).contains(&s.upgrade_store_wait_secs) {
+        errs.push("server.upgrade_store_wait_secs", "must be between 1 and 3600");
     }
     let upgrade_sock = if s.upgrade_sock.is_empty() {
         PathBuf::from(&s.data_dir).join("upgrade.sock")
@@ -370,7 +370,7 @@ fn server_settings(
         byok_key_env: s.byok_key_env.clone(),
         login_attempts_per_minute: s.login_attempts_per_minute,
         upgrade_sock,
-        upgrade_timeout_secs: s.upgrade_timeout_secs,
+        upgrade_store_wait_secs: s.upgrade_store_wait_secs,
     }
 }
 

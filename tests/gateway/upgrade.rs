@@ -355,3 +355,71 @@ fn an_upgrade_under_load_fails_nothing_and_bills_exactly() {
     assert_eq!(after["data"], credits["data"], "balances after a restart (re-derived from the ledger)");
     assert!(test_start.elapsed() < Duration::from_secs(60));
 }
+
+/// The new process dies right after it got the sockets (here: the test takes them and drops
+/// them): the old process still stops, as Pingora does after SIGQUIT, and journals what
+/// settles after the handoff. Killed with -9 half-way, it leaves a journal without its end
+/// mark; the next start applies it before serving, then removes it.
+#[test]
+fn a_journal_left_by_a_killed_process_is_applied_at_the_next_start() {
+    let mut gw = Gateway::start();
+    let (_, key) = gw.account_with_key("10");
+    let data = gw.dir.join("data");
+    // Takes the sockets, never uses them (dropped before the restart: sockets in flight in
+    // its queue keep the ports bound).
+    let taker = std::os::unix::net::UnixListener::bind(data.join("upgrade.sock")).unwrap();
+    let url = gw.url("/v1/chat/completions");
+    let stream = |words: u32| {
+        client()
+            .post(&url)
+            .bearer_auth(&key)
+            .header("x-mock-words", words.to_string())
+            .header("x-mock-chunk-delay-ms", "120")
+            .json(&json!({"model": "mock/echo-1", "stream": true, "messages": [{"role": "user", "content": "Hello there"}]}))
+            .send()
+    };
+    let (short, journal_text) = std::thread::scope(|s| {
+        // About 7 s: it settles after the handoff (Pingora's 5 s after SIGQUIT).
+        let short = s.spawn(|| {
+            let r = stream(60).unwrap();
+            let id = r.headers()["x-generation-id"].to_str().unwrap().to_string();
+            (id, r.text().unwrap())
+        });
+        // About 24 s: still running when the process is killed.
+        let long = s.spawn(|| stream(200).and_then(|r| r.text()));
+        std::thread::sleep(Duration::from_millis(300));
+        gw.signal("QUIT");
+        let short = short.join().unwrap();
+        // Its charge reaches the journal (fsync'd before acknowledged), then: kill -9.
+        let journal = data.join(format!("handoff-{}.jsonl", gw.pid()));
+        let start = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            if text.contains(&short.0) {
+                break text;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "the charge never reached {}:\n{}", journal.display(), gw.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        gw.signal("KILL");
+        // The long stream dies with its process (a crash is not an upgrade).
+        let _ = long.join().unwrap();
+        (short, text)
+    });
+    gw.kill9(); // reaps it
+    drop(taker);
+    assert!(short.1.contains("[DONE]"), "the short stream completed: {}", short.1);
+    assert!(!journal_text.contains("\"end\":true"), "killed before its end mark");
+    assert_eq!(journals(&data).len(), 1);
+
+    // A normal start applies the leftover journal before it serves anything.
+    gw.spawn();
+    assert!(journals(&data).is_empty(), "applied and removed: {:?}", journals(&data));
+    assert!(gw.stderr().contains("applied ("), "{}", gw.stderr());
+    let g = gw.generation_eventually(&key, &short.0);
+    let cost = nano(g["total_cost_usd"].as_str().unwrap());
+    assert!(cost > 0, "{g}");
+    let credits = gw.credits(&key);
+    assert!((usd(&credits["data"]["total_usage"]) - cost as f64 / 1e9).abs() < 1e-9, "{credits} vs {cost}");
+    assert!((usd(&credits["data"]["remaining"]) - (10.0 - cost as f64 / 1e9)).abs() < 1e-9, "{credits}");
+}
