@@ -3,9 +3,9 @@
 //!
 //! The load uses a small raw HTTP/1.1 client so that every failure is seen and counted: a
 //! refused or reset connection, a status other than 200, a truncated body or stream. It
-//! retries in one case only, the one every mainstream client retries (browsers, Go's
-//! net/http, hyper's pool): a request sent on a reused keep-alive connection that the server
-//! closed before sending any byte of a response. That is the idle-connection race of HTTP/1.1:
+//! retries in one case only, as browsers do: a request sent on a reused keep-alive connection
+//! that the server closed before sending any byte of a response (docs/upgrades.md says which
+//! clients resend it). That is the idle-connection race of HTTP/1.1:
 //! the old process closes idle keep-alive connections when it stops, and a request written
 //! at that instant was never read (so never run, never billed). Those retries are counted
 //! and reported separately; the billing check below would catch one that had been billed.
