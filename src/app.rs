@@ -54,6 +54,8 @@ pub struct App {
     /// Lower-cased email → account id.
     emails: RwLock<HashMap<String, u64>>,
     ready: AtomicBool,
+    /// Set once this process handed the store to a new one (graceful upgrade).
+    handed_off: AtomicBool,
 }
 
 impl App {
@@ -105,7 +107,31 @@ impl App {
             mutations: tokio::sync::Mutex::new(()),
             emails: RwLock::new(emails),
             ready: AtomicBool::new(false),
+            handed_off: AtomicBool::new(false),
         })
+    }
+
+    /// Graceful upgrade, old process: the writer commits what is queued and switches to the
+    /// handoff journal, and the store is closed so the new process can open it. Requests still
+    /// in flight settle into the journal; API routes answer 503 `upgrading` from now on.
+    /// Blocks for up to one commit. Returns the journal's path.
+    pub fn hand_off(self: &Arc<Self>) -> Result<std::path::PathBuf, StoreError> {
+        if self.handed_off.swap(true, Ordering::AcqRel) {
+            return Err(StoreError("already handed off".into()));
+        }
+        let dir = self.config.pin().server.data_dir.clone();
+        let app = Arc::downgrade(self);
+        let holds = Box::new(move || app.upgrade().map(|a| a.ledger.holds()).unwrap_or_default());
+        let journal = crate::store::handoff::Journal::create(&dir, holds)?;
+        let path = journal.path().to_path_buf();
+        self.writer.hand_off(journal).map_err(StoreError)?;
+        self.store.close();
+        Ok(path)
+    }
+
+    /// Whether [`hand_off`](Self::hand_off) ran: the store belongs to another process.
+    pub fn handed_off(&self) -> bool {
+        self.handed_off.load(Ordering::Acquire)
     }
 
     pub fn set_ready(&self) {

@@ -24,6 +24,10 @@ enum Command {
         /// Config file; defaults to $TOLLGATE_CONFIG, then conf/tollgate.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Take over from a running instance on the same config (graceful upgrade): wait for
+        /// its listening sockets on `server.upgrade_sock`, then send the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: exit 0 with a summary, or 1 with every error.
     Check {
@@ -46,9 +50,9 @@ fn main() {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, upgrade } => {
             let path = config.unwrap_or_else(tollgate::config::default_path);
-            if let Err(e) = tollgate::server::serve(path) {
+            if let Err(e) = tollgate::server::serve(path, upgrade) {
                 eprintln!("tollgate: {e}");
                 std::process::exit(1);
             }

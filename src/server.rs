@@ -3,8 +3,14 @@
 //! Shutdown: SIGTERM stops the listeners and lets requests in flight finish. Pingora then
 //! sleeps the whole grace period whether or not anything is still running, so a drain
 //! watcher exits as soon as the last request finished (after flushing the store writer),
-//! and the grace period is only the upper bound. SIGINT is a fast exit; SIGQUIT is Pingora's
-//! graceful upgrade.
+//! and the grace period is only the upper bound. SIGINT is a fast exit.
+//!
+//! Graceful upgrade (docs/upgrades.md): a new process started with `serve --upgrade` waits on
+//! `server.upgrade_sock`; SIGQUIT to the old one makes Pingora send it the listening sockets.
+//! The old process keeps accepting for Pingora's fixed 5 s, then stops and hands the store
+//! over (`App::hand_off`: its writer switches to a journal, the redb file is closed); the new
+//! one, which waits for the file, opens it, applies the journal as it grows and starts
+//! serving. The old process exits as soon as its last request (stream) finished.
 
 use crate::app::App;
 use crate::config::{self, ConfigHandle, ProviderKind};
@@ -12,7 +18,7 @@ use crate::metrics::{self, MetricsApp};
 use crate::proxy::Gateway;
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use pingora::server::ShutdownWatch;
@@ -40,7 +46,9 @@ impl Drop for InFlight {
     }
 }
 
-pub fn serve(path: PathBuf) -> Result<(), String> {
+/// Runs the gateway. `upgrade`: take over the listening sockets (and then the store) of a
+/// running instance on the same config, once it gets SIGQUIT.
+pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
     let cfg = config::load(&path).map_err(|errs| {
         errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
     })?;
@@ -59,16 +67,37 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
         .filter_map(|p| p.serve_mock.clone())
         .collect();
     let handle = Arc::new(ConfigHandle::new(cfg, path));
-    let app = Arc::new(App::open(handle.clone()).map_err(|e| format!("cannot open the store: {e:?}"))?);
 
     let conf = ServerConf {
         threads: settings.threads,
         grace_period_seconds: Some(settings.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora 0.9.1 waits a fixed ~5 s on it, both for the new process's accept and the
+        // old process's connect (`upgrade_sock_connect_accept_max_retries` is not used there).
+        upgrade_sock: settings.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        log::info!(
+            "upgrade: waiting about 5 s on {} for the running process's listening sockets (send it SIGQUIT now)",
+            settings.upgrade_sock.display()
+        );
+    }
+    // With --upgrade this blocks until the old process sent its sockets (or exits the process).
     server.bootstrap();
+
+    let timeout = Duration::from_secs(if upgrade { settings.upgrade_store_wait_secs } else { 0 });
+    let (app, waited) = crate::store::handoff::retry_while_locked(timeout, || App::open(handle.clone()))
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let app = Arc::new(app);
+    if upgrade {
+        log::info!("upgrade: listening sockets received; store opened after waiting {} ms for the old process", waited.as_millis());
+    }
+    // Charges the previous process settled after it let go of the store (or before it died).
+    let pending = crate::upgrade::import_now(&app);
+    crate::upgrade::spawn_tailer(app.clone(), pending);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -103,7 +132,14 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     for addr in &settings.listen {
         log::info!("tollgate listening on http://{addr}");
     }
-    let drain = Drain { app: app.clone(), grace: Duration::from_secs(settings.grace_period_secs) };
+    let grace = Duration::from_secs(settings.grace_period_secs);
+    let drain = Drain { app: app.clone(), grace };
+    let phases = server.watch_execution_phase();
+    let watched = app.clone();
+    std::thread::Builder::new()
+        .name("tollgate-upgrade".into())
+        .spawn(move || hand_off_when_upgraded(phases, watched, grace))
+        .map_err(|e| format!("cannot start the upgrade watcher: {e}"))?;
     server.run(RunArgs { shutdown_signal: Box::new(drain) });
     app.writer.shutdown();
     std::process::exit(0)
@@ -157,6 +193,28 @@ impl ShutdownSignalWatch for Drain {
             }
         }
     }
+}
+
+/// Old process of a graceful upgrade: once Pingora has sent the listening sockets and stopped
+/// accepting (the shutdown that follows SIGQUIT), hand the store over, then exit as soon as
+/// the requests in flight are done.
+fn hand_off_when_upgraded(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, app: Arc<App>, grace: Duration) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut upgrading = false;
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => upgrading = true,
+            Ok(ExecutionPhase::ShutdownStarted) if upgrading => break,
+            Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => return,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+        }
+    }
+    log::info!("upgrade: handing the store over; {} request(s) in flight finish here", IN_FLIGHT.load(Ordering::Acquire));
+    match app.hand_off() {
+        Ok(journal) => log::info!("upgrade: store closed; later charges go to {}", journal.display()),
+        Err(e) => log::error!("upgrade: store handoff failed: {e}"),
+    }
+    exit_when_drained(app, grace);
 }
 
 fn exit_when_drained(app: Arc<App>, grace: Duration) {

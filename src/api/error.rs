@@ -85,7 +85,7 @@ impl ApiError {
             429 => "rate_limit_error",
             409 => "invalid_request_error",
             // A feature switched off here is not the upstream's fault.
-            503 if matches!(self.code, "auth_disabled" | "byok_disabled") => "server_error",
+            503 if matches!(self.code, "auth_disabled" | "byok_disabled" | "upgrading") => "server_error",
             502..=504 => "upstream_error",
             _ if self.status >= 500 => "server_error",
             _ => "invalid_request_error",

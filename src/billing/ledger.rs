@@ -295,6 +295,37 @@ impl Ledger {
         }
     }
 
+    // ---- Graceful upgrade (`store::handoff`, `crate::upgrade`).
+
+    /// Every account's money held by requests in flight, for the handoff journal.
+    pub fn holds(&self) -> Vec<(u64, Nano)> {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(u64, Nano)> = map
+            .iter()
+            .filter_map(|(&id, slot)| Some((id, lock(slot).reserved)).filter(|&(_, r)| r != 0))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// A charge settled by the previous process (read from its handoff journal), once it is
+    /// committed here: the balance and usage follow the ledger on disk.
+    pub fn apply_imported_charge(&self, account_id: u64, cost: Nano) {
+        if let Some(slot) = self.slot(account_id) {
+            let mut b = lock(&slot);
+            b.balance = b.balance.saturating_sub(cost.max(0));
+            b.total_usage = b.total_usage.saturating_add(cost.max(0));
+        }
+    }
+
+    /// Counts (or, negative, stops counting) money the previous process still holds for its
+    /// requests in flight, so this one cannot lend it out again.
+    pub fn adjust_reserved(&self, account_id: u64, delta: Nano) {
+        if let Some(slot) = self.slot(account_id) {
+            lock(&slot).reserved += delta;
+        }
+    }
+
     /// (settled balance, reserved) for an account.
     pub fn snapshot(&self, account_id: u64) -> Option<(Nano, Nano)> {
         self.account(account_id).map(|b| (b.balance, b.reserved))

@@ -55,6 +55,12 @@ pub struct ServerFile {
     /// `/auth/login` and `/auth/register` attempts per minute per client address (and login
     /// attempts per email).
     pub login_attempts_per_minute: u32,
+    /// Unix socket on which a new process started with `serve --upgrade` receives the
+    /// listening sockets of the old one. Empty: `<data_dir>/upgrade.sock`.
+    pub upgrade_sock: String,
+    /// How long a process started with `--upgrade`, once it has the listening sockets, waits
+    /// for the old process to release the store.
+    pub upgrade_store_wait_secs: u64,
 }
 
 impl Default for ServerFile {
@@ -77,6 +83,8 @@ impl Default for ServerFile {
             jwt_ttl_secs: 86_400,
             byok_key_env: "TOLLGATE_BYOK_KEY".into(),
             login_attempts_per_minute: 10,
+            upgrade_sock: String::new(),
+            upgrade_store_wait_secs: 30,
         }
     }
 }

@@ -80,6 +80,13 @@ impl ConfigHandle {
         self.current.store(next.clone());
         Ok(next)
     }
+
+    /// [`reload`](Self::reload) from text already read from the file.
+    pub fn reload_text(&self, text: &str) -> Result<Arc<Config>, Vec<ConfigError>> {
+        let next = Arc::new(from_toml(text)?);
+        self.current.store(next.clone());
+        Ok(next)
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,19 @@
 //! Polling (every `server.reload_poll_ms`) instead of inotify keeps the dependency list short
 //! and works on every filesystem, including the bind mounts and ConfigMap symlink swaps that
 //! operators use; one `stat` a second costs nothing.
+//!
+//! A file written in place (truncate, then write) can be read half-written, and a prefix of a
+//! config may well be valid (an empty file is: all defaults, no models). So a change is only
+//! applied once the file reads the same twice, [`SETTLE`] apart; otherwise the next poll
+//! tries again.
 
 use super::ConfigHandle;
 use crate::metrics;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// How long the file must stay unchanged before it is applied.
+const SETTLE: Duration = Duration::from_millis(50);
 
 fn mtime(handle: &ConfigHandle) -> Option<SystemTime> {
     std::fs::metadata(handle.path()).and_then(|m| m.modified()).ok()
@@ -15,7 +23,40 @@ fn mtime(handle: &ConfigHandle) -> Option<SystemTime> {
 
 /// Validate and swap; a bad file leaves the running config in place, logged and counted.
 pub fn reload_now(handle: &ConfigHandle, why: &str) {
-    match handle.reload() {
+    report(handle.reload(), why)
+}
+
+/// The file's text once two reads [`SETTLE`] apart agree; None while it is being written
+/// (or cannot be read: then the reload reports why).
+async fn settled_text(handle: &ConfigHandle) -> Option<Option<String>> {
+    let first = std::fs::read(handle.path());
+    tokio::time::sleep(SETTLE).await;
+    let second = std::fs::read(handle.path());
+    match (first, second) {
+        (Ok(a), Ok(b)) if a == b => Some(String::from_utf8(b).ok()),
+        (Err(_), Err(_)) => Some(None),
+        _ => None,
+    }
+}
+
+/// Reload from the file once it is stable; false if it is still changing.
+async fn reload_settled(handle: &ConfigHandle, why: &str) -> bool {
+    match settled_text(handle).await {
+        None => false,
+        Some(Some(text)) => {
+            report(handle.reload_text(&text), why);
+            true
+        }
+        // Unreadable (or not UTF-8): let the reload say so.
+        Some(None) => {
+            reload_now(handle, why);
+            true
+        }
+    }
+}
+
+fn report(result: Result<Arc<super::Config>, Vec<super::ConfigError>>, why: &str) {
+    match result {
         Ok(cfg) => {
             metrics::config_reload("success");
             log::info!(
@@ -54,14 +95,14 @@ pub async fn watch(handle: Arc<ConfigHandle>, poll: Duration) {
         };
         tokio::select! {
             _ = hup_recv => {
-                last = mtime(&handle);
-                reload_now(&handle, "SIGHUP");
+                let now = mtime(&handle);
+                while !reload_settled(&handle, "SIGHUP").await {}
+                last = now;
             }
             _ = tick.tick() => {
                 let now = mtime(&handle);
-                if now.is_some() && now != last {
+                if now.is_some() && now != last && reload_settled(&handle, "file changed").await {
                     last = now;
-                    reload_now(&handle, "file changed");
                 }
             }
         }

@@ -201,6 +201,9 @@ pub struct ServerSettings {
     /// The variable it came from, for error messages.
     pub byok_key_env: String,
     pub login_attempts_per_minute: u32,
+    /// Where `serve --upgrade` receives the old process's listening sockets.
+    pub upgrade_sock: PathBuf,
+    pub upgrade_store_wait_secs: u64,
 }
 
 #[derive(Debug, Clone)]

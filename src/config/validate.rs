@@ -333,6 +333,18 @@ fn server_settings(
     if s.login_attempts_per_minute == 0 {
         errs.push("server.login_attempts_per_minute", "must be at least 1");
     }
+    if !(1..=3600).contains(&s.upgrade_store_wait_secs) {
+        errs.push("server.upgrade_store_wait_secs", "must be between 1 and 3600");
+    }
+    let upgrade_sock = if s.upgrade_sock.is_empty() {
+        PathBuf::from(&s.data_dir).join("upgrade.sock")
+    } else {
+        PathBuf::from(&s.upgrade_sock)
+    };
+    // sun_path holds 108 bytes, the terminating NUL included.
+    if upgrade_sock.as_os_str().len() > 107 {
+        errs.push("server.upgrade_sock", "a Unix socket path must be at most 107 bytes (set it, or use a shorter data_dir)");
+    }
     let secret = |name: &str| env(name).filter(|v| !v.is_empty());
     ServerSettings {
         listen: s.listen.clone(),
@@ -357,6 +369,8 @@ fn server_settings(
         byok_key: byok_key(s, env, errs),
         byok_key_env: s.byok_key_env.clone(),
         login_attempts_per_minute: s.login_attempts_per_minute,
+        upgrade_sock,
+        upgrade_store_wait_secs: s.upgrade_store_wait_secs,
     }
 }
 

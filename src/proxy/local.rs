@@ -17,6 +17,9 @@ const LOCAL_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// Serve a route that needs no upstream.
 pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Reply {
+    if app.handed_off() && needs_store(&route) {
+        return upgrading();
+    }
     let result = match route {
         Route::Healthz => Ok(Reply::json(200, &serde_json::json!({"status": "ok"}))),
         Route::Readyz => Ok(readiness(app)),
@@ -70,6 +73,26 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
         Route::Inference(_) => Err(ApiError::internal("inference routed locally")),
     };
     result.unwrap_or_else(|e| Reply::error(&e))
+}
+
+/// Routes that read or change accounts, keys and records: after a graceful upgrade handed the
+/// store to the new process, the old one refuses them (503 `upgrading`, retry: the retry
+/// reaches the new process, since the old one no longer keeps connections alive).
+fn needs_store(route: &Route) -> bool {
+    !matches!(
+        route,
+        Route::Healthz | Route::Readyz | Route::Models | Route::Model(_) | Route::NotFound | Route::MethodNotAllowed(_)
+    )
+}
+
+fn upgrading() -> Reply {
+    let mut r = Reply::error(&ApiError::new(
+        503,
+        "upgrading",
+        "this gateway process is handing over to its upgraded successor; retry the request",
+    ));
+    r.headers.push(("retry-after", "1".to_string()));
+    r
 }
 
 /// A request body for the methods that carry one; GET and DELETE read none.
@@ -136,7 +159,9 @@ async fn account_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, r
 }
 
 fn readiness(app: &App) -> Reply {
-    if app.is_ready() {
+    if app.handed_off() {
+        Reply::json(503, &serde_json::json!({"status": "draining"}))
+    } else if app.is_ready() {
         Reply::json(200, &serde_json::json!({"status": "ready"}))
     } else {
         Reply::json(503, &serde_json::json!({"status": "starting"}))

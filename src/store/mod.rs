@@ -9,6 +9,7 @@
 //! load. A charge and its generation record are written in one transaction, so after any crash
 //! (kill -9 included; redb repairs the file on open) balance = grants − recorded charges.
 
+pub mod handoff;
 pub mod records;
 pub mod tables;
 pub mod writer;
@@ -128,8 +129,38 @@ impl IdCounters {
 /// Handle to the database. Cheap to clone; reads may run on any thread.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     path: PathBuf,
+}
+
+/// The open database, until [`Store::close`] gives it up (a graceful upgrade hands the file
+/// to the new process: redb holds an exclusive lock on it while open). Reads after that fail
+/// with a [`StoreError`] saying so.
+pub(crate) struct DbSlot(std::sync::RwLock<Option<Arc<Database>>>);
+
+impl DbSlot {
+    fn new(db: Database) -> DbSlot {
+        DbSlot(std::sync::RwLock::new(Some(Arc::new(db))))
+    }
+
+    /// The database, if still open.
+    pub(crate) fn database(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = self.0.read().unwrap_or_else(|p| p.into_inner());
+        slot.clone().ok_or_else(|| StoreError(handoff::CLOSED.into()))
+    }
+
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        Ok(self.database()?.begin_read()?)
+    }
+
+    #[allow(dead_code)] // tests, and tools that write outside the writer thread
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        Ok(self.database()?.begin_write()?)
+    }
+
+    fn close(&self) -> Option<Arc<Database>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl Store {
@@ -189,9 +220,22 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(DbSlot::new(db)),
             path,
         })
+    }
+
+    /// Gives up this handle's reference to the database. The file is closed (and its lock
+    /// released) once the writer has let go too (`StoreWriter::hand_off`) and the last read
+    /// transaction in progress ends; every read after this fails. Returns false if it was
+    /// closed already.
+    pub fn close(&self) -> bool {
+        self.db.close().is_some()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.db.database().is_err()
     }
 
     /// The database file.
@@ -201,7 +245,7 @@ impl Store {
 
     /// Starts the one writer thread. Call once; all durable changes go through it.
     pub fn start_writer(&self) -> StoreWriter {
-        StoreWriter::start(self.db.clone())
+        StoreWriter::start(self.db.database().expect("start_writer on a closed store"))
     }
 
     /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
@@ -582,7 +626,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn entry(
+    pub(crate) fn entry(
         seq: u64,
         account_id: u64,
         amount_nano: i64,

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
+use super::handoff::Journal;
 use super::records::{
     AccountRecord, AuditEntry, ByokRecord, GenerationRecord, KeyRecord, LedgerEntry, UsageRollup,
 };
@@ -104,6 +105,15 @@ enum Msg {
     /// Completed after everything queued before it has been committed.
     Flush(Completion),
     Shutdown,
+    /// Graceful upgrade: commit what is queued ahead, let go of the database and write to
+    /// this journal from now on (see `store::handoff`).
+    HandOff(Box<Journal>, Completion),
+}
+
+/// Where batches go: the database, or after a handoff the journal.
+enum Sink {
+    Db(Arc<Database>),
+    Journal(Box<Journal>),
 }
 
 /// Counters for metrics. `pending()` is the queue depth.
@@ -139,7 +149,7 @@ impl StoreWriter {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("tollgate-store-writer".into())
-            .spawn(move || run(&db, rx, &thread_stats));
+            .spawn(move || run(db, rx, &thread_stats));
         let thread = match thread {
             Ok(handle) => Some(handle),
             Err(e) => {
@@ -203,6 +213,19 @@ impl StoreWriter {
             .unwrap_or_else(|_| Err("store writer stopped".into()))
     }
 
+    /// Graceful upgrade: once everything submitted before this call is committed, the writer
+    /// drops its handle on the database and appends every later batch to `journal` (ops a
+    /// journal cannot carry fail). Blocks until then; call it outside async tasks. With
+    /// `Store::close`, this releases the file for the new process.
+    pub fn hand_off(&self, journal: Journal) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done: Completion = Box::new(move |r| drop(tx.send(r)));
+        if self.tx.send(Msg::HandOff(Box::new(journal), done)).is_err() {
+            return Err("store writer stopped".into());
+        }
+        rx.recv().unwrap_or_else(|_| Err("store writer stopped".into()))
+    }
+
     /// Commits everything submitted so far and joins the thread. Idempotent. Blocks the
     /// calling thread for up to one commit; call it outside async tasks or in `spawn_blocking`.
     pub fn shutdown(&self) {
@@ -252,33 +275,39 @@ impl Drop for StoreWriter {
 }
 
 /// The thread body: block for one message, drain the queue, commit, repeat.
-fn run(db: &Database, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
+fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
+    let mut sink = Sink::Db(db);
     let mut shutting_down = false;
     loop {
         let mut ops: Vec<(WriteOp, Option<Completion>)> = Vec::new();
         let mut flushes: Vec<Completion> = Vec::new();
+        let mut hand_off = None;
         if !shutting_down {
             match rx.recv() {
-                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes),
-                Err(_) => return, // every handle dropped: nothing more can arrive
+                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
+                Err(_) => break, // every handle dropped: nothing more can arrive
             }
             // Nobody waits on a fire-and-forget charge: linger so the batch fills. While the
             // writer is not blocked in recv(), submitters never have to wake it, which saves a
             // futex wake per request and turns many small commits (an fdatasync each) into few.
             let nobody_waits = flushes.is_empty() && ops.iter().all(|(_, done)| done.is_none());
-            if nobody_waits && !shutting_down {
+            if nobody_waits && !shutting_down && hand_off.is_none() {
                 std::thread::sleep(LINGER);
             }
         }
         // Drain. Keep going after Shutdown too, so a submit that raced it is still written.
-        while ops.len() < MAX_BATCH {
+        // Stop at a handoff: what follows it goes to the journal.
+        while ops.len() < MAX_BATCH && hand_off.is_none() {
             match rx.try_recv() {
-                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes),
+                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
                 Err(_) => break,
             }
         }
         let batch_empty = ops.is_empty();
-        let all_ok = write_batch(db, ops, stats);
+        let all_ok = match &mut sink {
+            Sink::Db(db) => write_batch(db, ops, stats),
+            Sink::Journal(journal) => journal.write_batch(ops, stats),
+        };
         let flush_result = if all_ok {
             Ok(())
         } else {
@@ -287,9 +316,18 @@ fn run(db: &Database, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
         for done in flushes {
             done(flush_result.clone());
         }
-        if shutting_down && batch_empty {
-            return;
+        if let Some((journal, done)) = hand_off {
+            // Dropping the Db sink drops this thread's handle on the database.
+            sink = Sink::Journal(journal);
+            log::info!("store: writer handed off; writing to the journal from now on");
+            done(Ok(()));
         }
+        if shutting_down && batch_empty {
+            break;
+        }
+    }
+    if let Sink::Journal(journal) = sink {
+        journal.finish();
     }
 }
 
@@ -298,11 +336,13 @@ fn sort(
     msg: Msg,
     ops: &mut Vec<(WriteOp, Option<Completion>)>,
     flushes: &mut Vec<Completion>,
+    hand_off: &mut Option<(Box<Journal>, Completion)>,
 ) -> bool {
     match msg {
         Msg::Op(op, done) => ops.push((op, done)),
         Msg::Flush(done) => flushes.push(done),
         Msg::Shutdown => return true,
+        Msg::HandOff(journal, done) => *hand_off = Some((journal, done)),
     }
     false
 }

@@ -59,3 +59,48 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// SIGTERM during a stream: the stream completes, the process exits once it is done (well
+/// inside the 10 s grace period), and the charge is on disk.
+#[test]
+fn sigterm_during_a_stream_finishes_it_and_records_its_charge() {
+    let mut gw = Gateway::start();
+    let (_, key) = gw.account_with_key("1");
+    let (id, body) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let r = client()
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .header("x-mock-words", "12")
+                .header("x-mock-chunk-delay-ms", "120")
+                .json(&serde_json::json!({"model": "mock/echo-1", "stream": true, "messages": [{"role": "user", "content": "Hello there"}]}))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let id = r.headers()["x-generation-id"].to_str().unwrap().to_string();
+            (id, r.text().unwrap())
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        gw.signal("TERM");
+        h.join().unwrap()
+    });
+    assert!(body.contains("[DONE]"), "the stream completed: {body}");
+    let start = Instant::now();
+    let child = &mut gw.proc.as_mut().unwrap().child;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "did not exit after draining");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw.proc = None;
+    // What a restart reads back from the ledger: the stream's charge, exactly once.
+    gw.spawn();
+    let g = gw.generation_eventually(&key, &id);
+    assert!(g["streamed"] == true, "{g}");
+    let cost = usd(&g["total_cost"]);
+    assert!(cost > 0.0, "{g}");
+    assert!((usd(&gw.credits(&key)["data"]["total_usage"]) - cost).abs() < 1e-12);
+}

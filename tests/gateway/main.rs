@@ -20,4 +20,5 @@ mod routing;
 mod routes;
 mod streaming;
 mod tls;
+mod upgrade;
 mod usage;
