@@ -67,6 +67,7 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(reply) => {
                 local::write_reply(session, ctx, reply).await;
+                super::guard::drain_after_refusal(session).await;
                 return Ok(true);
             }
         };

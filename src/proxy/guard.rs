@@ -60,6 +60,16 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) -> Result<Route, Reply
     Ok(route)
 }
 
+/// After refusing a request whose body was not read: swallow the body for a moment, so the
+/// connection is not reset under the answer (nothing when there is no body).
+pub async fn drain_after_refusal(session: &mut Session) {
+    if session.is_body_empty() {
+        return;
+    }
+    let drain = session.downstream_session.drain_request_body();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
+
 /// The path routed: repeated slashes collapsed; dot segments (plain or percent-encoded) and
 /// backslashes refused. Borrowed unless there was something to collapse.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, ApiError> {
