@@ -85,7 +85,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, ApiError> {
     if b.contains(&b'\\') {
         return refuse("a backslash");
     }
-    if memchr::memmem::find(&b.to_ascii_lowercase(), b"%2e").is_some() {
+    if b.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e') {
         return refuse("percent-encoded dots");
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
