@@ -144,6 +144,22 @@ pub fn init() {
     LazyLock::force(&ROUTE_EJECTIONS);
     LazyLock::force(&ROUTE_ATTEMPTS);
     LazyLock::force(&FAILOVERS);
+    LazyLock::force(&REFUSED);
+}
+
+/// Requests and connections refused by the hostile-input defences (docs/hardening.md).
+pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_refused_total",
+        "Connections and requests refused before routing, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Count one refusal; `reason` is a fixed word.
+pub fn count_refusal(reason: &'static str) {
+    REFUSED.with_label_values(&[reason]).inc();
 }
 
 /// The Prometheus text exposition of the default registry.

@@ -99,11 +99,10 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
     let pending = crate::upgrade::import_now(&app);
     crate::upgrade::spawn_tailer(app.clone(), pending);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(app.clone()),
-        "tollgate",
-    );
+    // The proxy behind the per-connection defences (proxy/front.rs: connection caps, header
+    // deadline and size, request framing).
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
+    let mut proxy = Service::new("tollgate".to_string(), crate::proxy::front::Front::new(gateway, app.clone()));
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }

@@ -26,15 +26,15 @@ pub fn authorize(config: &Config, authorization: Option<&str>) -> Result<(), Api
     }
 }
 
-/// Compare secrets without an early exit, so timing does not reveal a matching prefix.
+/// Compare secrets in constant time: neither a matching prefix nor the secret's length shows
+/// in the timing. Both sides are hashed (SHA-256) first, so the comparison always covers 32
+/// bytes whatever was presented, and `subtle` compares the digests without a data-dependent
+/// branch or early exit (the optimiser cannot turn it back into one).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0 && a.len() == b.len()
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.as_slice().ct_eq(y.as_slice()).into()
 }
 
 pub(crate) fn store_failed(e: String) -> ApiError {

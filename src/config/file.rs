@@ -61,6 +61,10 @@ pub struct ServerFile {
     /// How long a process started with `--upgrade`, once it has the listening sockets, waits
     /// for the old process to release the store.
     pub upgrade_store_wait_secs: u64,
+    /// `[server.limits]`: the defences against hostile clients (docs/hardening.md).
+    pub limits: LimitsFile,
+    /// `[[server.cors]]`: CORS policies for browser clients, per listener.
+    pub cors: Vec<CorsFile>,
 }
 
 impl Default for ServerFile {
@@ -85,8 +89,80 @@ impl Default for ServerFile {
             login_attempts_per_minute: 10,
             upgrade_sock: String::new(),
             upgrade_store_wait_secs: 30,
+            limits: LimitsFile::default(),
+            cors: Vec::new(),
         }
     }
+}
+
+/// `[server.limits]`: size, time and concurrency bounds on what one client may make the
+/// gateway hold (docs/hardening.md). Every field has a default; 0 turns a cap off where noted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Largest request header (request line and every header line), bytes: 431 above it.
+    pub max_header_bytes: usize,
+    /// Most header lines in one request: 431 above it.
+    pub max_headers: usize,
+    /// Seconds from a request header's first byte (or a new connection's accept) to its end:
+    /// 408 and the connection closed after it (slowloris).
+    pub header_timeout_secs: f64,
+    /// Seconds an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout_secs: f64,
+    /// Seconds allowed between two reads of a request body.
+    pub body_idle_timeout_secs: f64,
+    /// Seconds to receive a whole request body.
+    pub body_timeout_secs: f64,
+    /// Seconds one write to a client may wait (a client that stops reading is cut off).
+    pub write_timeout_secs: f64,
+    /// Open connections per client address (IPv6: per /64); 0 = no cap.
+    pub max_connections_per_ip: u32,
+    /// Requests in flight per client address (HTTP/2 streams included); 0 = no cap.
+    pub max_requests_per_ip: u32,
+    /// Deepest nesting of arrays and objects in a JSON request body; 0 = no limit.
+    pub max_json_depth: u32,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            header_timeout_secs: 10.0,
+            keepalive_timeout_secs: 60.0,
+            body_idle_timeout_secs: 30.0,
+            body_timeout_secs: 300.0,
+            write_timeout_secs: 60.0,
+            max_connections_per_ip: 1024,
+            max_requests_per_ip: 1024,
+            max_json_depth: 64,
+        }
+    }
+}
+
+/// One `[[server.cors]]` policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// Listener addresses (as in `listen` / `tls_listen`) this policy applies to; absent or
+    /// empty: every listener without a policy of its own.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Origins allowed (`https://app.example.com`), or `"*"` for any.
+    pub allowed_origins: Vec<String>,
+    /// Request headers a browser may send; absent or empty: whatever the preflight asks for.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer, seconds.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: u64,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies; the API itself uses bearer keys).
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 #[derive(Debug, Deserialize)]

@@ -204,6 +204,43 @@ pub struct ServerSettings {
     /// Where `serve --upgrade` receives the old process's listening sockets.
     pub upgrade_sock: PathBuf,
     pub upgrade_store_wait_secs: u64,
+    /// `[server.limits]`, validated.
+    pub limits: Limits,
+    /// `[[server.cors]]`, validated, in file order.
+    pub cors: Vec<Arc<CorsPolicy>>,
+}
+
+/// `[server.limits]`: see `config::file::LimitsFile` and docs/hardening.md.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub write_timeout: Duration,
+    /// 0 = no cap.
+    pub max_connections_per_ip: u32,
+    pub max_requests_per_ip: u32,
+    /// 0 = no limit.
+    pub max_json_depth: u32,
+}
+
+/// One `[[server.cors]]` policy.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    /// The listeners it applies to: (IP, port); an unspecified IP (`0.0.0.0`, `[::]`) matches
+    /// any local address on that port. Empty: every listener without a policy of its own.
+    pub listeners: Vec<(std::net::IpAddr, u16)>,
+    /// `"*"` was configured.
+    pub any_origin: bool,
+    /// Allowed origins, lower-cased, without a trailing slash.
+    pub origins: Vec<String>,
+    /// `Access-Control-Allow-Headers` as sent; None: the preflight's own request headers.
+    pub allowed_headers: Option<String>,
+    pub max_age_secs: u64,
+    pub allow_credentials: bool,
 }
 
 #[derive(Debug, Clone)]

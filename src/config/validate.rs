@@ -346,6 +346,8 @@ fn server_settings(
         errs.push("server.upgrade_sock", "a Unix socket path must be at most 107 bytes (set it, or use a shorter data_dir)");
     }
     let secret = |name: &str| env(name).filter(|v| !v.is_empty());
+    let limits = limits_settings(&s.limits, errs);
+    let cors = cors_policies(s, errs);
     ServerSettings {
         listen: s.listen.clone(),
         tls_listen: s.tls_listen.clone(),
@@ -371,7 +373,99 @@ fn server_settings(
         login_attempts_per_minute: s.login_attempts_per_minute,
         upgrade_sock,
         upgrade_store_wait_secs: s.upgrade_store_wait_secs,
+        limits,
+        cors,
     }
+}
+
+fn limits_settings(l: &super::file::LimitsFile, errs: &mut Errors) -> super::snapshot::Limits {
+    let path = |f: &str| format!("server.limits.{f}");
+    if !(1024..=1024 * 1024).contains(&l.max_header_bytes) {
+        errs.push(path("max_header_bytes"), "must be between 1024 and 1048576");
+    }
+    // Pingora's parser refuses more than 256 header lines by itself.
+    if !(8..=256).contains(&l.max_headers) {
+        errs.push(path("max_headers"), "must be between 8 and 256");
+    }
+    let secs = |f: &str, v: f64, errs: &mut Errors| -> Duration {
+        if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+            errs.push(path(f), "must be more than 0 and at most 86400 seconds");
+            return Duration::from_secs(1);
+        }
+        Duration::from_secs_f64(v)
+    };
+    if l.max_json_depth > 0 && l.max_json_depth < 8 {
+        errs.push(path("max_json_depth"), "must be 0 (no limit) or at least 8");
+    }
+    super::snapshot::Limits {
+        max_header_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+        header_timeout: secs("header_timeout_secs", l.header_timeout_secs, errs),
+        keepalive_timeout: secs("keepalive_timeout_secs", l.keepalive_timeout_secs, errs),
+        body_idle_timeout: secs("body_idle_timeout_secs", l.body_idle_timeout_secs, errs),
+        body_timeout: secs("body_timeout_secs", l.body_timeout_secs, errs),
+        write_timeout: secs("write_timeout_secs", l.write_timeout_secs, errs),
+        max_connections_per_ip: l.max_connections_per_ip,
+        max_requests_per_ip: l.max_requests_per_ip,
+        max_json_depth: l.max_json_depth,
+    }
+}
+
+fn cors_policies(s: &super::file::ServerFile, errs: &mut Errors) -> Vec<Arc<super::snapshot::CorsPolicy>> {
+    let mut out = Vec::new();
+    let mut catch_all = 0;
+    for (i, c) in s.cors.iter().enumerate() {
+        let path = |f: &str| format!("server.cors[{i}].{f}");
+        let mut listeners = Vec::new();
+        for (j, l) in c.listeners.iter().enumerate() {
+            if !s.listen.contains(l) && !s.tls_listen.contains(l) {
+                errs.push(format!("server.cors[{i}].listeners[{j}]"), format!("'{l}' is not in server.listen or server.tls_listen"));
+                continue;
+            }
+            match l.parse::<std::net::SocketAddr>() {
+                Ok(a) => listeners.push((a.ip(), a.port())),
+                Err(_) => errs.push(format!("server.cors[{i}].listeners[{j}]"), "must be an IP address and port"),
+            }
+        }
+        if c.listeners.is_empty() {
+            catch_all += 1;
+        }
+        if c.allowed_origins.is_empty() {
+            errs.push(path("allowed_origins"), "list at least one origin, or \"*\"");
+        }
+        let mut any_origin = false;
+        let mut origins = Vec::new();
+        for (j, o) in c.allowed_origins.iter().enumerate() {
+            if o == "*" {
+                any_origin = true;
+                continue;
+            }
+            let o = o.trim_end_matches('/').to_ascii_lowercase();
+            let ok = o
+                .split_once("://")
+                .is_some_and(|(scheme, host)| matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/'));
+            if !ok {
+                errs.push(format!("server.cors[{i}].allowed_origins[{j}]"), "must be \"*\" or scheme://host[:port] (no path)");
+            }
+            origins.push(o);
+        }
+        let header_ok = |h: &String| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !c.allowed_headers.iter().all(header_ok) {
+            errs.push(path("allowed_headers"), "header names only (letters, digits, '-')");
+        }
+        out.push(Arc::new(super::snapshot::CorsPolicy {
+            listeners,
+            any_origin,
+            origins,
+            allowed_headers: (!c.allowed_headers.is_empty()).then(|| c.allowed_headers.join(", ")),
+            max_age_secs: c.max_age_secs,
+            allow_credentials: c.allow_credentials,
+        }));
+    }
+    if catch_all > 1 {
+        errs.push("server.cors", "at most one policy may leave `listeners` empty (the default policy)");
+    }
+    out
 }
 
 /// The BYOK master key from its variable: unset or empty disables BYOK; a malformed one is an

@@ -12,6 +12,7 @@
 //! few integer operations.
 
 pub mod calendar;
+pub mod conn;
 pub mod login;
 pub mod rate;
 pub mod spend;

@@ -312,12 +312,12 @@ impl Dialect {
                     ));
                 };
                 match value.strip_prefix("Bearer ").map(str::trim) {
-                    Some(k) if k == key => Ok(()),
+                    Some(k) if crate::api::admin::constant_time_eq(k.as_bytes(), key.as_bytes()) => Ok(()),
                     _ => Err(ApiError::for_status(401, "Incorrect API key provided.")),
                 }
             }
             Dialect::Anthropic => match header("x-api-key") {
-                Some(k) if k == key => Ok(()),
+                Some(k) if crate::api::admin::constant_time_eq(k.as_bytes(), key.as_bytes()) => Ok(()),
                 Some(_) => Err(ApiError::for_status(401, "invalid x-api-key")),
                 None => Err(ApiError::for_status(401, "x-api-key header is required")),
             },
@@ -328,7 +328,7 @@ impl Dialect {
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")));
                 // Like Google: no key is a 403, a wrong key a 400.
                 match header("x-goog-api-key").or(from_query) {
-                    Some(k) if k == key => Ok(()),
+                    Some(k) if crate::api::admin::constant_time_eq(k.as_bytes(), key.as_bytes()) => Ok(()),
                     Some(_) => Err(ApiError::for_status(
                         400,
                         "API key not valid. Please pass a valid API key.",

@@ -130,6 +130,10 @@ pub struct RequestCtx {
     pub rate: Option<RateDecision>,
     /// Route label for metrics: a fixed word, never a raw path.
     pub route_label: &'static str,
+    /// An allowed cross-origin request: the CORS headers its responses carry.
+    pub cors: Option<super::cors::Allowed>,
+    /// Counts this request against its client address's cap until the ctx is dropped.
+    pub ip_slot: Option<crate::limits::conn::IpSlot>,
     /// Counts this request for the SIGTERM drain until the ctx is dropped.
     _in_flight: crate::server::InFlight,
 }
@@ -161,6 +165,8 @@ impl RequestCtx {
             stream_started: false,
             rate: None,
             route_label: "other",
+            cors: None,
+            ip_slot: None,
             _in_flight: crate::server::InFlight::enter(),
         }
     }

@@ -20,7 +20,7 @@
 use super::body_replay::ReplaySlot;
 use super::ctx::{BodyMode, Inference, RequestCtx, Routing};
 use super::watchdog::{self, TimeoutKind, Watchdog};
-use super::{access_log, attempt, local, read_body::read_body, upstream_error};
+use super::{access_log, attempt, local, upstream_error};
 use crate::routing::{plan, prefs};
 use crate::api::error::{self, ApiError};
 use crate::api::{self, Endpoint, Route};
@@ -62,8 +62,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.start = Instant::now();
         ctx.request_id = super::ctx::new_request_id();
-        let header = session.req_header();
-        let route = api::route(&header.method, header.uri.path());
+        // Timeouts, CORS, the per-address cap, the path, the content type (guard.rs).
+        let route = match super::guard::begin(session, ctx) {
+            Ok(route) => route,
+            Err(reply) => {
+                local::write_reply(session, ctx, reply).await;
+                super::guard::drain_after_refusal(session).await;
+                return Ok(true);
+            }
+        };
         ctx.route_label = route.label();
         let outcome = match route {
             Route::Inference(endpoint) => self.begin_inference(session, ctx, endpoint).await,
@@ -482,7 +489,10 @@ impl Gateway {
         }
 
         let limit = endpoint.body_limit(ctx.config.server.max_body_bytes);
-        let body = read_body(session, limit).await.map_err(api::Reply::from)?;
+        let body = super::guard::read_body(session, limit, &ctx.config.server.limits).await.map_err(api::Reply::from)?;
+        if endpoint != Endpoint::Transcriptions {
+            super::guard::check_json(&body, ctx.config.server.limits.max_json_depth).map_err(api::Reply::from)?;
+        }
         let content_type = local::header_str(session, "content-type").unwrap_or_default();
         // `models` and `provider` are the gateway's own options: read here, never sent upstream.
         let (body, opts) = if endpoint == Endpoint::Transcriptions {

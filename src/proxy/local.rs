@@ -2,7 +2,6 @@
 //! carries.
 
 use super::ctx::RequestCtx;
-use super::read_body::read_body;
 use crate::api::error::ApiError;
 use crate::api::auth::{self, Principal};
 use crate::api::{account, admin, byok, catalog, keys, me, usage, Reply, Route};
@@ -95,18 +94,22 @@ fn upgrading() -> Reply {
     r
 }
 
-/// A request body for the methods that carry one; GET and DELETE read none.
-async fn local_body(session: &mut Session) -> Result<bytes::Bytes, ApiError> {
+/// A request body for the methods that carry one; GET and DELETE read none. JSON, so it is
+/// checked like an inference body (UTF-8, nesting depth).
+async fn local_body(session: &mut Session, ctx: &RequestCtx) -> Result<bytes::Bytes, ApiError> {
     let method = &session.req_header().method;
     if *method == http::Method::GET || *method == http::Method::DELETE {
         return Ok(bytes::Bytes::new());
     }
-    read_body(session, LOCAL_BODY_LIMIT).await
+    let limits = &ctx.config.server.limits;
+    let body = super::guard::read_body(session, LOCAL_BODY_LIMIT, limits).await?;
+    super::guard::check_json(&body, limits.max_json_depth)?;
+    Ok(body)
 }
 
 async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
     admin::authorize(&ctx.config, header_str(session, "authorization").as_deref())?;
-    let body = local_body(session).await?;
+    let body = local_body(session, ctx).await?;
     let query = session.req_header().uri.query();
     let config = &ctx.config;
     match route {
@@ -127,7 +130,7 @@ async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, rou
 /// in front of the gateway would make every client one address).
 async fn auth_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
     let addr = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-    let body = local_body(session).await?;
+    let body = local_body(session, ctx).await?;
     match route {
         Route::AuthRegister => auth::register(app, &ctx.config, addr, &body).await,
         Route::AuthLogin => auth::login(app, &ctx.config, addr, &body).await,
@@ -139,7 +142,7 @@ async fn auth_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
 /// are refused.
 async fn account_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, route: Route) -> Result<Reply, ApiError> {
     let who = auth::principal(app, &ctx.config, header_str(session, "authorization").as_deref())?;
-    let body = local_body(session).await?;
+    let body = local_body(session, ctx).await?;
     let query = session.req_header().uri.query();
     let config = &ctx.config;
     // Routes on a key by id find its account from the key; the others from the caller.
@@ -223,7 +226,7 @@ pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()>
         resp.insert_header("x-ratelimit-remaining", rate.remaining.to_string())?;
         resp.insert_header("x-ratelimit-reset", rate.reset_secs.to_string())?;
     }
-    Ok(())
+    super::cors::stamp(resp, ctx)
 }
 
 /// Write a complete reply. Errors writing to a client that went away are only logged.
@@ -241,8 +244,11 @@ pub async fn write_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Rep
     };
     ctx.overhead_us = ctx.overhead_now();
     let built = (|| -> pingora::Result<()> {
-        resp.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
-        resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
+        // A 204 (a CORS preflight) carries neither (RFC 9110 §8.6).
+        if reply.status != 204 {
+            resp.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
+            resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len().to_string())?;
+        }
         for (name, value) in &reply.headers {
             resp.insert_header(*name, value.as_str())?;
         }

@@ -4,9 +4,12 @@
 pub mod access_log;
 pub mod attempt;
 pub mod body_replay;
+pub mod cors;
 pub mod ctx;
 pub mod endpoints;
+pub mod front;
 pub mod gateway;
+pub mod guard;
 pub mod local;
 pub mod read_body;
 pub mod resolve;

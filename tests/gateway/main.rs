@@ -10,6 +10,7 @@ mod bodies;
 mod byok;
 mod endpoints;
 mod errors;
+mod hostile;
 mod keys;
 mod lifecycle;
 mod limits;
