@@ -9,6 +9,7 @@
 //! load. A charge and its generation record are written in one transaction, so after any crash
 //! (kill -9 included; redb repairs the file on open) balance = grants − recorded charges.
 
+pub mod backup;
 pub mod records;
 pub mod tables;
 pub mod writer;
@@ -29,6 +30,7 @@ pub use records::{
     UsageRollup,
 };
 use tables::*;
+pub use backup::{restore_into, verify_file, BackupReport, ExportSummary, RestoreError, RestoreReport, VerifyReport};
 pub use writer::{StoreWriter, WriteOp, WriterStats};
 
 /// The database file's name inside the data directory.
@@ -130,6 +132,63 @@ impl IdCounters {
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
+    /// Whether redb had to repair the file when it was opened (an unclean shutdown before).
+    repaired: bool,
+}
+
+/// Why an existing store file could not be opened (see [`Store::open_file`]).
+#[derive(Debug)]
+pub enum OpenError {
+    /// There is no file at the path.
+    Missing(PathBuf),
+    /// Another process (a running gateway) holds the file: redb allows one process at a time.
+    Locked(PathBuf),
+    Other(StoreError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Missing(p) => write!(f, "no store at {}", p.display()),
+            OpenError::Locked(p) => {
+                write!(f, "{} is in use by another process (a running gateway?)", p.display())
+            }
+            OpenError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Opens (`create`: or creates) the redb file at `path` with Tollgate's settings. After an
+/// unclean shutdown redb repairs the file here, logging its progress; the returned flag says
+/// whether it did.
+fn open_db(path: &Path, create: bool) -> Result<(Database, bool), redb::DatabaseError> {
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repaired.clone();
+    let started = std::time::Instant::now();
+    // redb's page cache defaults to 1 GiB and fills as the file grows, which made RSS
+    // climb under load; the request path never reads the store, so a small cache is enough.
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES).set_repair_callback(move |session| {
+        seen.store(true, Ordering::Relaxed);
+        log::warn!(
+            "store: repairing database after unclean shutdown ({:.0}%)",
+            session.progress() * 100.0
+        )
+    });
+    let db = if create { builder.create(path)? } else { builder.open(path)? };
+    let repaired = repaired.load(Ordering::Relaxed);
+    if repaired {
+        // One line per repair (the callback above logs progress several times): what the
+        // crash tests and an operator look for.
+        log::warn!(
+            "store: {} was not shut down cleanly; repaired in {} ms",
+            path.display(),
+            started.elapsed().as_millis()
+        );
+    }
+    Ok((db, repaired))
 }
 
 impl Store {
@@ -140,58 +199,43 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("create data dir {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        // redb's page cache defaults to 1 GiB and fills as the file grows, which made RSS
-        // climb under load; the request path never reads the store, so a small cache is enough.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_repair_callback(|session| {
-                log::warn!(
-                    "store: repairing database after unclean shutdown ({:.0}%)",
-                    session.progress() * 100.0
-                )
-            })
-            .create(&path)
-            .map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
-
-        // Create every table up front so read transactions never meet a missing table.
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(ACCOUNTS)?;
-            txn.open_table(KEYS)?;
-            txn.open_table(LEDGER)?;
-            txn.open_table(GENERATIONS)?;
-            txn.open_table(GENERATION_BY_BODY)?;
-            txn.open_table(USAGE)?;
-            txn.open_table(KEY_LAST_USED)?;
-            txn.open_table(AUDIT)?;
-            txn.open_table(BYOK)?;
-            let mut meta = txn.open_table(META)?;
-            let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
-                }
-                Some(1) => {
-                    // Version 1 had no rollups: build them once from the generations, in the
-                    // same transaction as the version bump.
-                    let n = build_rollups(&txn)?;
-                    log::info!("store: upgraded to schema {SCHEMA_VERSION}; usage rollups built from {n} generations");
-                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError(format!(
-                        "{} has schema version {v}; this build understands {SCHEMA_VERSION}",
-                        path.display()
-                    )))
-                }
-            }
-        }
-        txn.commit()?;
+        let (db, repaired) =
+            open_db(&path, true).map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
+        init_tables(&db, &path)?;
         Ok(Store {
             db: Arc::new(db),
             path,
+            repaired,
         })
+    }
+
+    /// Opens an existing store file (the live one or a backup) without creating anything: no
+    /// file, no tables, no schema upgrade. Refused while another process holds the file. For
+    /// the offline tools (`backup`, `export`); redb still repairs a file a crash left.
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Store, OpenError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(OpenError::Missing(path.to_path_buf()));
+        }
+        match open_db(path, false) {
+            Ok((db, repaired)) => Ok(Store {
+                db: Arc::new(db),
+                path: path.to_path_buf(),
+                repaired,
+            }),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(OpenError::Locked(path.to_path_buf()))
+            }
+            Err(e) => Err(OpenError::Other(StoreError(format!(
+                "open {}: {e} (is it a Tollgate store?)",
+                path.display()
+            )))),
+        }
+    }
+
+    /// Whether redb repaired the file on open (the previous process did not shut down cleanly).
+    pub fn was_repaired(&self) -> bool {
+        self.repaired
     }
 
     /// The database file.
@@ -478,6 +522,47 @@ impl Store {
     }
 }
 
+/// Creates every table up front (so read transactions never meet a missing one) and records
+/// or upgrades the schema version.
+fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+    // Create every table up front so read transactions never meet a missing table.
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(ACCOUNTS)?;
+        txn.open_table(KEYS)?;
+        txn.open_table(LEDGER)?;
+        txn.open_table(GENERATIONS)?;
+        txn.open_table(GENERATION_BY_BODY)?;
+        txn.open_table(USAGE)?;
+        txn.open_table(KEY_LAST_USED)?;
+        txn.open_table(AUDIT)?;
+        txn.open_table(BYOK)?;
+        let mut meta = txn.open_table(META)?;
+        let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(1) => {
+                // Version 1 had no rollups: build them once from the generations, in the
+                // same transaction as the version bump.
+                let n = build_rollups(&txn)?;
+                log::info!("store: upgraded to schema {SCHEMA_VERSION}; usage rollups built from {n} generations");
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError(format!(
+                    "{} has schema version {v}; this build understands {SCHEMA_VERSION}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// Builds the usage rollups from every stored generation (the upgrade from schema 1).
 fn build_rollups(txn: &redb::WriteTransaction) -> Result<usize, StoreError> {
     let generations = txn.open_table(GENERATIONS)?;
@@ -562,7 +647,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn key(id: u64, account_id: u64) -> KeyRecord {
+    pub(crate) fn key(id: u64, account_id: u64) -> KeyRecord {
         KeyRecord {
             id,
             account_id,
@@ -582,7 +667,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn entry(
+    pub(crate) fn entry(
         seq: u64,
         account_id: u64,
         amount_nano: i64,
@@ -959,6 +1044,7 @@ pub(crate) mod tests {
         std::fs::copy(store.path(), copy.join(DB_FILE)).expect("copy live file");
 
         let crashed = Store::open(&copy).expect("open after unclean shutdown");
+        assert!(crashed.was_repaired(), "redb's repair path was taken");
         let state = crashed.load_state().expect("load");
         assert_eq!(state.balances.get(&1), Some(&300));
         assert_eq!(
