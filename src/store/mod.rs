@@ -227,7 +227,7 @@ impl Store {
                 Err(OpenError::Locked(path.to_path_buf()))
             }
             Err(e) => Err(OpenError::Other(StoreError(format!(
-                "open {}: {e} (is it a Tollgate store?)",
+                "cannot open {} as a Tollgate store: {e}",
                 path.display()
             )))),
         }
