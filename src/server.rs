@@ -106,6 +106,7 @@ pub fn serve(path: PathBuf) -> Result<(), String> {
     let drain = Drain { app: app.clone(), grace: Duration::from_secs(settings.grace_period_secs) };
     server.run(RunArgs { shutdown_signal: Box::new(drain) });
     app.writer.shutdown();
+    app.store.close(); // marks the file cleanly shut down: the next start needs no repair
     std::process::exit(0)
 }
 
@@ -167,6 +168,7 @@ fn exit_when_drained(app: Arc<App>, grace: Duration) {
         if IN_FLIGHT.load(Ordering::Acquire) == 0 {
             log::info!("drained in {:?}; exiting", start.elapsed());
             app.writer.shutdown();
+            app.store.close();
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -33,6 +33,9 @@ use super::tables::*;
 use super::{now_millis, Store, StoreError, DB_FILE};
 use crate::billing::money::{format_usd, Nano};
 
+/// redb page cache of the file a backup writes.
+const BACKUP_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Rows per table of a backup (or of a verified file), in table order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableCounts(pub Vec<(&'static str, u64)>);
@@ -194,10 +197,12 @@ impl Store {
 
     /// Snapshot → new redb file at `tmp`, then reopen it and compare row counts.
     fn write_backup(&self, tmp: &Path) -> Result<TableCounts, StoreError> {
-        let snapshot = self.db.begin_read()?;
+        let snapshot = self.db()?.begin_read()?;
         let copied = {
+            // A small cache: the copy is written once and never read back through it, and a
+            // backup taken while serving should not grow the gateway's memory much.
             let out = Database::builder()
-                .set_cache_size(super::CACHE_BYTES)
+                .set_cache_size(BACKUP_CACHE_BYTES)
                 .create(tmp)
                 .map_err(|e| StoreError(format!("backup: create {}: {e}", tmp.display())))?;
             let mut txn = out.begin_write()?;
@@ -490,7 +495,7 @@ impl Store {
     /// Amounts are integer nano-USD (`*_nano`) and exact decimal USD strings (`*_usd`); no
     /// float is involved. Key hashes, BYOK keys and passwords are never written.
     pub fn export_jsonl(&self, since_secs: Option<u64>, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let snapshot_ms = now_millis();
         let mut summary = ExportSummary::default();
         let io = |e: std::io::Error| StoreError(format!("export: write: {e}"));

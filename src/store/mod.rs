@@ -130,7 +130,9 @@ impl IdCounters {
 /// Handle to the database. Cheap to clone; reads may run on any thread.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// None once [`Store::close`]d. Every use loads its own `Arc` (reads are off the request
+    /// path), so closing can hand redb the last reference and let it shut down cleanly.
+    db: Arc<arc_swap::ArcSwapOption<Database>>,
     path: PathBuf,
     /// Whether redb had to repair the file when it was opened (an unclean shutdown before).
     repaired: bool,
@@ -203,7 +205,7 @@ impl Store {
             open_db(&path, true).map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
         init_tables(&db, &path)?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(arc_swap::ArcSwapOption::from_pointee(db)),
             path,
             repaired,
         })
@@ -219,7 +221,7 @@ impl Store {
         }
         match open_db(path, false) {
             Ok((db, repaired)) => Ok(Store {
-                db: Arc::new(db),
+                db: Arc::new(arc_swap::ArcSwapOption::from_pointee(db)),
                 path: path.to_path_buf(),
                 repaired,
             }),
@@ -230,6 +232,30 @@ impl Store {
                 "cannot open {} as a Tollgate store: {e}",
                 path.display()
             )))),
+        }
+    }
+
+    /// The open database, or an error once the store is closed.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.load_full().ok_or_else(|| StoreError("the store is closed".into()))
+    }
+
+    /// Closes the database so that redb marks the file cleanly shut down (the next open needs
+    /// no repair). Call after the writer's shutdown, just before the process exits (which
+    /// runs no destructors). Returns true if the file was closed now; false if another
+    /// reference (a backup or read in progress) still holds it: it closes when that ends.
+    /// Every later use of this store (and its clones) is an error.
+    pub fn close(&self) -> bool {
+        let Some(db) = self.db.swap(None) else { return false };
+        match Arc::try_unwrap(db) {
+            Ok(db) => match db.close() {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error!("store: closing {}: {e}", self.path.display());
+                    false
+                }
+            },
+            Err(_) => false,
         }
     }
 
@@ -245,13 +271,16 @@ impl Store {
 
     /// Starts the one writer thread. Call once; all durable changes go through it.
     pub fn start_writer(&self) -> StoreWriter {
-        StoreWriter::start(self.db.clone())
+        match self.db.load_full() {
+            Some(db) => StoreWriter::start(db),
+            None => StoreWriter::stopped(),
+        }
     }
 
     /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
     /// entry is decoded once at startup.
     pub fn load_state(&self) -> Result<LoadedState, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut state = LoadedState::default();
 
         let accounts = txn.open_table(ACCOUNTS)?;
@@ -320,14 +349,14 @@ impl Store {
     }
 
     pub fn account(&self, id: u64) -> Result<Option<AccountRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let row = table.get(id)?;
         row.map(|v| decode(v.value(), "account")).transpose()
     }
 
     pub fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -337,7 +366,7 @@ impl Store {
     }
 
     pub fn key(&self, id: u64) -> Result<Option<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEYS)?;
         let row = table.get(id)?;
         row.map(|v| decode(v.value(), "key")).transpose()
@@ -346,7 +375,7 @@ impl Store {
     /// An account's keys, revoked ones included, oldest first. A scan of the keys table:
     /// fine for the thousands of keys a gateway has, and it is not on the request path.
     pub fn list_keys(&self, account_id: u64) -> Result<Vec<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEYS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -363,7 +392,7 @@ impl Store {
     /// the creation time in unpadded hex milliseconds, which keeps them in time order (the
     /// width only grows in the year 2527), so this reads a range, not the whole table.
     pub fn generation_costs_since(&self, since_secs: u64) -> Result<Vec<(u64, Nano, u64)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let generations = txn.open_table(GENERATIONS)?;
         let start = format!("gen-{:x}", since_secs.saturating_mul(1000));
         let mut out = Vec::new();
@@ -385,7 +414,7 @@ impl Store {
         day_from: u64,
         day_to: u64,
     ) -> Result<Vec<(u64, u64, String, UsageRollup)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = Vec::new();
         if day_from > day_to {
@@ -409,7 +438,7 @@ impl Store {
         day_from: u64,
         day_to: u64,
     ) -> Result<HashMap<u64, Nano>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = HashMap::new();
         for account_id in accounts {
@@ -433,7 +462,7 @@ impl Store {
         accounts: impl IntoIterator<Item = u64>,
         day_from: u64,
     ) -> Result<Vec<(u64, u64, u64, Nano)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = Vec::new();
         for account_id in accounts {
@@ -453,7 +482,7 @@ impl Store {
 
     /// Last-used time of a key as last flushed.
     pub fn key_last_used(&self, key_id: u64) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEY_LAST_USED)?;
         Ok(table.get(key_id)?.map(|v| v.value()))
     }
@@ -465,7 +494,7 @@ impl Store {
         limit: usize,
         account_id: Option<u64>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
@@ -486,7 +515,7 @@ impl Store {
         &self,
         id_or_body_id: &str,
     ) -> Result<Option<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let generations = txn.open_table(GENERATIONS)?;
         if let Some(v) = generations.get(id_or_body_id)? {
             return decode(v.value(), "generation").map(Some);
@@ -506,7 +535,7 @@ impl Store {
         account_id: u64,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(LEDGER)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
@@ -609,7 +638,7 @@ pub fn now_millis() -> u64 {
 impl Store {
     /// Every generation record (for consistency checks in tests).
     pub(crate) fn all_generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(GENERATIONS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -958,7 +987,7 @@ pub(crate) mod tests {
             writer.shutdown();
             check(&store);
             // Make it a version-1 file: no rollups table content, version 1.
-            let txn = store.db.begin_write().expect("txn");
+            let txn = store.db().unwrap().begin_write().expect("txn");
             txn.delete_table(USAGE).expect("drop");
             txn.open_table(META).expect("meta").insert(META_SCHEMA_VERSION, 1).expect("v1");
             txn.commit().expect("commit");

@@ -279,3 +279,25 @@ fn crash_loop_kill9_under_load_keeps_the_books() {
     assert!(!stderr.contains(REPAIRED), "{stderr}");
     eprintln!("crash loop: {ITERATIONS}+1 kills in {:?}", started.elapsed());
 }
+
+/// SIGTERM is the clean path: after the drain the store is closed, so neither the next
+/// offline tool nor the next gateway has anything to repair.
+#[test]
+fn a_graceful_stop_leaves_a_store_that_needs_no_repair() {
+    let mut gw = Gateway::start();
+    let (_, key) = gw.account_with_key("1");
+    assert_eq!(gw.chat(&key, hello("mock/echo-1")).status(), 200);
+    gw.signal("TERM");
+    let start = Instant::now();
+    let proc = gw.proc.as_mut().unwrap();
+    while proc.child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(15), "the gateway did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = gw.config_path.to_str().unwrap().to_string();
+    let (lines, out) = export(&["--config", &config], &gw.dir.join("after-term.jsonl"));
+    assert!(!out.contains(REPAIRED) && !out.contains("repairing"), "{out}");
+    assert_eq!(check_books(&lines).charges, 1);
+    gw.spawn();
+    assert!(!gw.stderr().contains("repairing"), "{}", gw.stderr());
+}
