@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use redb::{
     Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition, TableError, TableHandle, Value as RedbValue, WriteTransaction,
+    ReadableTableMetadata, TableDefinition, TableError, TableHandle, Value as RedbValue,
 };
 use serde_json::json;
 
@@ -62,11 +62,18 @@ pub struct BackupReport {
     pub millis: u64,
 }
 
-/// Copies one table, row by row, from the snapshot into the new file. A table the source does
-/// not have (an old schema) is skipped: None.
+/// Rows copied per write transaction of a backup. redb keeps a transaction's dirty pages in
+/// memory until it commits, so one transaction for the whole store would cost about the
+/// store's size in RAM (measured: +30 MiB for a 34 MiB store); chunks keep it to a few MiB.
+/// The snapshot is still one read transaction: chunking the writes into a temporary file does
+/// not change what is copied.
+const ROWS_PER_COMMIT: u64 = 4096;
+
+/// Copies one table, row by row, from the snapshot into the new file, committing every
+/// [`ROWS_PER_COMMIT`] rows. A table the source does not have (an old schema) is skipped: None.
 fn copy_table<K: Key + 'static, V: RedbValue + 'static>(
     src: &ReadTransaction,
-    dst: &WriteTransaction,
+    dst: &Database,
     def: TableDefinition<K, V>,
 ) -> Result<Option<u64>, StoreError> {
     let from = match src.open_table(def) {
@@ -74,14 +81,30 @@ fn copy_table<K: Key + 'static, V: RedbValue + 'static>(
         Err(TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut to = dst.open_table(def)?;
+    let mut rows = from.iter()?;
     let mut n = 0u64;
-    for row in from.iter()? {
-        let (k, v) = row?;
-        to.insert(k.value(), v.value())?;
-        n += 1;
+    loop {
+        let mut txn = dst.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut done = true;
+        {
+            // Opening the table creates it, so even an empty table exists in the backup.
+            let mut to = txn.open_table(def)?;
+            for row in rows.by_ref() {
+                let (k, v) = row?;
+                to.insert(k.value(), v.value())?;
+                n += 1;
+                if n % ROWS_PER_COMMIT == 0 {
+                    done = false;
+                    break;
+                }
+            }
+        }
+        txn.commit()?;
+        if done {
+            return Ok(Some(n));
+        }
     }
-    Ok(Some(n))
 }
 
 /// Row count of one table, None if it does not exist.
@@ -205,11 +228,7 @@ impl Store {
                 .set_cache_size(BACKUP_CACHE_BYTES)
                 .create(tmp)
                 .map_err(|e| StoreError(format!("backup: create {}: {e}", tmp.display())))?;
-            let mut txn = out.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            let copied = for_each_table!(copy_table, &snapshot, &txn);
-            txn.commit()?;
-            copied
+            for_each_table!(copy_table, &snapshot, &out)
             // `out` drops here: a clean close, so the backup never needs a repair.
         };
         drop(snapshot);
@@ -680,6 +699,27 @@ mod tests {
         for d in [dir, out_dir, copy_dir] {
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    /// More rows than one backup commit holds: the chunked copy loses and repeats nothing.
+    #[test]
+    fn a_backup_larger_than_one_commit_is_complete() {
+        let dir = test_dir("backup-big");
+        let store = Store::open(&dir).expect("open");
+        let writer = store.start_writer();
+        writer.submit(WriteOp::InsertAccount(account(1)));
+        let n = ROWS_PER_COMMIT * 2 + 17;
+        for seq in 1..=n {
+            writer.submit(WriteOp::Grant(entry(seq, 1, seq as i64, LedgerKind::Grant, None)));
+        }
+        writer.shutdown();
+        let dest = dir.join("big.redb");
+        let report = store.backup_to(&dest, false).expect("backup");
+        assert_eq!(report.rows.get("ledger"), Some(n));
+        let verified = verify_file(&dest).expect("verify");
+        assert_eq!(verified.ledger_total_nano, (n * (n + 1) / 2) as i64);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
