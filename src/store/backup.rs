@@ -94,7 +94,7 @@ fn copy_table<K: Key + 'static, V: RedbValue + 'static>(
                 let (k, v) = row?;
                 to.insert(k.value(), v.value())?;
                 n += 1;
-                if n % ROWS_PER_COMMIT == 0 {
+                if n.is_multiple_of(ROWS_PER_COMMIT) {
                     done = false;
                     break;
                 }
@@ -123,17 +123,18 @@ fn count_rows<K: Key + 'static, V: RedbValue + 'static>(
 /// own monomorphised call).
 macro_rules! for_each_table {
     ($f:ident, $($arg:expr),*) => {{
-        let mut out: Vec<(&'static str, Option<u64>)> = Vec::new();
-        out.push(("accounts", $f($($arg,)* ACCOUNTS)?));
-        out.push(("keys", $f($($arg,)* KEYS)?));
-        out.push(("ledger", $f($($arg,)* LEDGER)?));
-        out.push(("generations", $f($($arg,)* GENERATIONS)?));
-        out.push(("generation_by_body", $f($($arg,)* GENERATION_BY_BODY)?));
-        out.push(("meta", $f($($arg,)* META)?));
-        out.push(("usage_rollups", $f($($arg,)* USAGE)?));
-        out.push(("key_last_used", $f($($arg,)* KEY_LAST_USED)?));
-        out.push(("audit", $f($($arg,)* AUDIT)?));
-        out.push(("byok", $f($($arg,)* BYOK)?));
+        let out: Vec<(&'static str, Option<u64>)> = vec![
+            ("accounts", $f($($arg,)* ACCOUNTS)?),
+            ("keys", $f($($arg,)* KEYS)?),
+            ("ledger", $f($($arg,)* LEDGER)?),
+            ("generations", $f($($arg,)* GENERATIONS)?),
+            ("generation_by_body", $f($($arg,)* GENERATION_BY_BODY)?),
+            ("meta", $f($($arg,)* META)?),
+            ("usage_rollups", $f($($arg,)* USAGE)?),
+            ("key_last_used", $f($($arg,)* KEY_LAST_USED)?),
+            ("audit", $f($($arg,)* AUDIT)?),
+            ("byok", $f($($arg,)* BYOK)?),
+        ];
         out
     }};
 }
