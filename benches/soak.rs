@@ -14,6 +14,8 @@
 //! 30 s) grows by no more than 10% (or 8 MiB, whichever is larger), file descriptors stay
 //! bounded, and no error is of an unexpected kind (a transport failure, or a gateway 500).
 //!
+//! `SOAK_BIN=path/to/tollgate` soaks another build of the binary (the report names its profile).
+//!
 //! Bounded: every request has a 10 s timeout, every loop ends at the deadline, and a watchdog
 //! kills the children and exits if the run overruns by two minutes. Exit status is non-zero
 //! only when the harness fails (a server does not start) or the gateway dies; a failed verdict
@@ -30,7 +32,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const BUILT_BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// The `tollgate` binary to soak: `SOAK_BIN` if set (e.g. `target/release/tollgate` while the
+/// harness itself is a dev build), else the one Cargo built with this bench.
+fn bin() -> String {
+    std::env::var("SOAK_BIN").ok().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| BUILT_BIN.to_string())
+}
 const REPORT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/soak.md");
 const ADMIN_TOKEN: &str = "soak-admin-token-0123456789";
 const PROVIDER_KEY: &str = "soak-upstream-key-0123456789";
@@ -268,7 +276,7 @@ fn main() {
 
     let mock_port = free_port();
     let mock = ChildGuard::spawn(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["mock-upstream", "--listen", &format!("127.0.0.1:{mock_port}"), "--api-key", PROVIDER_KEY])
             .env("RUST_LOG", "warn"),
         &tmp.join("mock.stderr"),
@@ -280,7 +288,7 @@ fn main() {
     std::fs::write(&config_path, config(port, metrics_port, &data, mock_port, 0)).unwrap();
     let gw_stderr = tmp.join("gateway.stderr");
     let mut gw = ChildGuard::spawn(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -541,11 +549,18 @@ fn render(
     (idle_rss, idle_fds): (u64, u64),
 ) -> String {
     let mut out = String::new();
-    let profile = if cfg!(debug_assertions) { "dev (debug)" } else { "release" };
+    let bin = bin();
+    let profile = if bin.contains("/release/") {
+        "release"
+    } else if bin.contains("/debug/") {
+        "dev (debug)"
+    } else {
+        "unknown"
+    };
     let _ = writeln!(out, "# Tollgate soak (latest run)\n");
     let _ = writeln!(
         out,
-        "Date: {} · SOAK_SECS={secs} · {conns} client threads · warm-up {} s · build profile: {profile} · {} CPU cores (shared with other work: timings are noisy, memory and fds are not)\n",
+        "Date: {} · SOAK_SECS={secs} · {conns} client threads · warm-up {} s · gateway build: {profile} · {} CPU cores (shared with other work: timings are noisy, memory and fds are not)\n",
         utc_now(),
         warmup.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
