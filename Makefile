@@ -54,6 +54,12 @@ bench: sys-deps
 bench-criterion:
 	$(CARGO) bench --bench sse --bench rewrite
 
+## Soak: SOAK_SECS (default 180) of mixed traffic, reloads and upstream faults on loopback;
+## samples RSS and fds, writes benches/soak.md. See docs/operations.md.
+.PHONY: soak
+soak: sys-deps
+	$(CARGO) bench --bench soak
+
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod metering;
 pub mod mock;
+pub mod ops;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

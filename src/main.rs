@@ -1,5 +1,5 @@
-//! `tollgate`: the gateway (`serve`), its config checker (`check`), and the project's own
-//! fake provider (`mock-upstream`).
+//! `tollgate`: the gateway (`serve`), its config checker (`check`), the project's own
+//! fake provider (`mock-upstream`), and the store tools (`backup`, `restore`, `export`).
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +42,57 @@ enum Command {
         #[arg(long)]
         api_key: Option<String>,
     },
+    /// Write a consistent, compacted copy of the store to FILE, while serving or not. With a
+    /// gateway running, it is asked (admin API, admin token from the environment) to write it.
+    Backup {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The backup file to write.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the store with a backup: refused while a gateway runs; the backup is verified
+    /// first and the old store is kept aside as tollgate.redb.pre-restore-<time>.
+    Restore {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The backup file to restore.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// Write accounts, ledger entries and generations as JSON lines, for accounting.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A store file or data directory to read (e.g. a backup); default: the config's store.
+        #[arg(long, value_name = "STORE")]
+        from: Option<PathBuf>,
+        /// Only entries at or after this time: unix seconds or YYYY-MM-DD (UTC).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// The file to write, or - for standard output.
+        #[arg(long, value_name = "FILE|-")]
+        to: String,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Prints an operator tool's summary (to stderr when stdout carries data), or its error and
+/// exits 1.
+fn finish(result: Result<String, String>, to_stderr: bool) {
+    match result {
+        Ok(summary) if to_stderr => eprintln!("{summary}"),
+        Ok(summary) => println!("{summary}"),
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn main() {
@@ -72,6 +123,19 @@ fn main() {
         Command::MockUpstream { listen, api_key } => {
             let state = std::sync::Arc::new(tollgate::mock::MockState::new(api_key));
             tollgate::mock::server::run_standalone_with(&listen, state)
+        }
+        Command::Backup { config, to, force } => {
+            let path = config.unwrap_or_else(tollgate::config::default_path);
+            finish(tollgate::ops::backup(&path, &to, force), false)
+        }
+        Command::Restore { config, from } => {
+            let path = config.unwrap_or_else(tollgate::config::default_path);
+            finish(tollgate::ops::restore(&path, &from), false)
+        }
+        Command::Export { config, from, since, to, force } => {
+            let path = config.unwrap_or_else(tollgate::config::default_path);
+            let result = tollgate::ops::export(&path, from.as_deref(), since.as_deref(), &to, force);
+            finish(result, to == "-")
         }
     }
 }

@@ -141,6 +141,7 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot start the upgrade watcher: {e}"))?;
     server.run(RunArgs { shutdown_signal: Box::new(drain) });
     app.writer.shutdown();
+    app.store.close(); // marks the file cleanly shut down: the next start needs no repair
     std::process::exit(0)
 }
 
@@ -224,6 +225,7 @@ fn exit_when_drained(app: Arc<App>, grace: Duration) {
         if IN_FLIGHT.load(Ordering::Acquire) == 0 {
             log::info!("drained in {:?}; exiting", start.elapsed());
             app.writer.shutdown();
+            app.store.close();
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -9,6 +9,7 @@ pub mod account;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod byok;
 pub mod catalog;
 pub mod error;
@@ -124,6 +125,8 @@ pub enum Route {
     AdminRecomputeTiers,
     /// `GET /admin/routes`: every model's routes and their health.
     AdminRoutes,
+    /// `POST /admin/backup`: a consistent copy of the store to a file.
+    AdminBackup,
     Healthz,
     Readyz,
     NotFound,
@@ -150,7 +153,8 @@ impl Route {
             | Route::AdminKeys(_)
             | Route::AdminAudit
             | Route::AdminRecomputeTiers
-            | Route::AdminRoutes => "admin",
+            | Route::AdminRoutes
+            | Route::AdminBackup => "admin",
             Route::Healthz | Route::Readyz => "health",
             Route::NotFound | Route::MethodNotAllowed(_) => "not_found",
         }
@@ -190,6 +194,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         "/admin/audit" => only(method, Method::GET, Route::AdminAudit, "GET"),
         "/admin/recompute-tiers" => only(method, Method::POST, Route::AdminRecomputeTiers, "POST"),
         "/admin/routes" => only(method, Method::GET, Route::AdminRoutes, "GET"),
+        "/admin/backup" => only(method, Method::POST, Route::AdminBackup, "POST"),
         _ => {
             if let Some(provider) = rest.strip_prefix("/keys/byok/") {
                 if provider.is_empty() || provider.contains('/') {
@@ -379,6 +384,8 @@ mod tests {
         assert_eq!(r(Method::GET, "/v1/admin/audit"), Route::AdminAudit);
         assert_eq!(r(Method::POST, "/v1/admin/recompute-tiers"), Route::AdminRecomputeTiers);
         assert_eq!(r(Method::GET, "/api/v1/admin/routes"), Route::AdminRoutes);
+        assert_eq!(r(Method::POST, "/v1/admin/backup"), Route::AdminBackup);
+        assert_eq!(r(Method::GET, "/v1/admin/backup"), Route::MethodNotAllowed("POST"));
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
         | Route::AdminKeys(_)
         | Route::AdminAudit
         | Route::AdminRecomputeTiers
-        | Route::AdminRoutes => admin_route(app, session, ctx, route).await,
+        | Route::AdminRoutes
+        | Route::AdminBackup => admin_route(app, session, ctx, route).await,
         Route::NotFound => Err(ApiError::not_found(format!(
             "no route for {} {}",
             session.req_header().method,
@@ -122,6 +123,7 @@ async fn admin_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, rou
         Route::AdminAudit => crate::api::audit::list(app, query),
         Route::AdminRecomputeTiers => admin::recompute_tiers(app, &body).await,
         Route::AdminRoutes => Ok(crate::routing::admin::routes(config)),
+        Route::AdminBackup => crate::api::backup::backup(app, &body).await,
         _ => Err(ApiError::internal("not an admin route")),
     }
 }

@@ -9,6 +9,7 @@
 //! load. A charge and its generation record are written in one transaction, so after any crash
 //! (kill -9 included; redb repairs the file on open) balance = grants − recorded charges.
 
+pub mod backup;
 pub mod handoff;
 pub mod records;
 pub mod tables;
@@ -30,6 +31,7 @@ pub use records::{
     UsageRollup,
 };
 use tables::*;
+pub use backup::{restore_into, verify_file, BackupReport, ExportSummary, RestoreError, RestoreReport, VerifyReport};
 pub use writer::{StoreWriter, WriteOp, WriterStats};
 
 /// The database file's name inside the data directory.
@@ -131,6 +133,63 @@ impl IdCounters {
 pub struct Store {
     db: Arc<DbSlot>,
     path: PathBuf,
+    /// Whether redb had to repair the file when it was opened (an unclean shutdown before).
+    repaired: bool,
+}
+
+/// Why an existing store file could not be opened (see [`Store::open_file`]).
+#[derive(Debug)]
+pub enum OpenError {
+    /// There is no file at the path.
+    Missing(PathBuf),
+    /// Another process (a running gateway) holds the file: redb allows one process at a time.
+    Locked(PathBuf),
+    Other(StoreError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Missing(p) => write!(f, "no store at {}", p.display()),
+            OpenError::Locked(p) => {
+                write!(f, "{} is in use by another process (a running gateway?)", p.display())
+            }
+            OpenError::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Opens (`create`: or creates) the redb file at `path` with Tollgate's settings. After an
+/// unclean shutdown redb repairs the file here, logging its progress; the returned flag says
+/// whether it did.
+fn open_db(path: &Path, create: bool) -> Result<(Database, bool), redb::DatabaseError> {
+    let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = repaired.clone();
+    let started = std::time::Instant::now();
+    // redb's page cache defaults to 1 GiB and fills as the file grows, which made RSS
+    // climb under load; the request path never reads the store, so a small cache is enough.
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES).set_repair_callback(move |session| {
+        seen.store(true, Ordering::Relaxed);
+        log::warn!(
+            "store: repairing database after unclean shutdown ({:.0}%)",
+            session.progress() * 100.0
+        )
+    });
+    let db = if create { builder.create(path)? } else { builder.open(path)? };
+    let repaired = repaired.load(Ordering::Relaxed);
+    if repaired {
+        // One line per repair (the callback above logs progress several times): what the
+        // crash tests and an operator look for.
+        log::warn!(
+            "store: {} was not shut down cleanly; repaired in {} ms",
+            path.display(),
+            started.elapsed().as_millis()
+        );
+    }
+    Ok((db, repaired))
 }
 
 /// The open database, until [`Store::close`] gives it up (a graceful upgrade hands the file
@@ -171,66 +230,65 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("create data dir {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        // redb's page cache defaults to 1 GiB and fills as the file grows, which made RSS
-        // climb under load; the request path never reads the store, so a small cache is enough.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .set_repair_callback(|session| {
-                log::warn!(
-                    "store: repairing database after unclean shutdown ({:.0}%)",
-                    session.progress() * 100.0
-                )
-            })
-            .create(&path)
-            .map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
-
-        // Create every table up front so read transactions never meet a missing table.
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(ACCOUNTS)?;
-            txn.open_table(KEYS)?;
-            txn.open_table(LEDGER)?;
-            txn.open_table(GENERATIONS)?;
-            txn.open_table(GENERATION_BY_BODY)?;
-            txn.open_table(USAGE)?;
-            txn.open_table(KEY_LAST_USED)?;
-            txn.open_table(AUDIT)?;
-            txn.open_table(BYOK)?;
-            let mut meta = txn.open_table(META)?;
-            let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
-                }
-                Some(1) => {
-                    // Version 1 had no rollups: build them once from the generations, in the
-                    // same transaction as the version bump.
-                    let n = build_rollups(&txn)?;
-                    log::info!("store: upgraded to schema {SCHEMA_VERSION}; usage rollups built from {n} generations");
-                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError(format!(
-                        "{} has schema version {v}; this build understands {SCHEMA_VERSION}",
-                        path.display()
-                    )))
-                }
-            }
-        }
-        txn.commit()?;
+        let (db, repaired) =
+            open_db(&path, true).map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
+        init_tables(&db, &path)?;
         Ok(Store {
             db: Arc::new(DbSlot::new(db)),
             path,
+            repaired,
         })
     }
 
-    /// Gives up this handle's reference to the database. The file is closed (and its lock
-    /// released) once the writer has let go too (`StoreWriter::hand_off`) and the last read
-    /// transaction in progress ends; every read after this fails. Returns false if it was
-    /// closed already.
+    /// Opens an existing store file (the live one or a backup) without creating anything: no
+    /// file, no tables, no schema upgrade. Refused while another process holds the file. For
+    /// the offline tools (`backup`, `export`); redb still repairs a file a crash left.
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Store, OpenError> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(OpenError::Missing(path.to_path_buf()));
+        }
+        match open_db(path, false) {
+            Ok((db, repaired)) => Ok(Store {
+                db: Arc::new(DbSlot::new(db)),
+                path: path.to_path_buf(),
+                repaired,
+            }),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(OpenError::Locked(path.to_path_buf()))
+            }
+            Err(e) => Err(OpenError::Other(StoreError(format!(
+                "cannot open {} as a Tollgate store: {e}",
+                path.display()
+            )))),
+        }
+    }
+
+    /// The open database, or an error once the store is closed.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.database()
+    }
+
+    /// Gives up this handle's reference to the database, so that redb can close the file:
+    /// its lock is released (a graceful upgrade hands the file to the new process) and it is
+    /// marked cleanly shut down (the next open needs no repair). The file closes now if this
+    /// was the last reference, else when the writer (`StoreWriter::hand_off`) or a backup or
+    /// read in progress lets go. Every later use of this store (and its clones) is an error.
+    /// Returns false if it was closed already. Call after the writer's shutdown before the
+    /// process exits (which runs no destructors).
     pub fn close(&self) -> bool {
-        self.db.close().is_some()
+        let Some(db) = self.db.close() else { return false };
+        if let Ok(db) = Arc::try_unwrap(db) {
+            if let Err(e) = db.close() {
+                log::error!("store: closing {}: {e}", self.path.display());
+            }
+        }
+        true
+    }
+
+    /// Whether redb repaired the file on open (the previous process did not shut down cleanly).
+    pub fn was_repaired(&self) -> bool {
+        self.repaired
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -245,13 +303,16 @@ impl Store {
 
     /// Starts the one writer thread. Call once; all durable changes go through it.
     pub fn start_writer(&self) -> StoreWriter {
-        StoreWriter::start(self.db.database().expect("start_writer on a closed store"))
+        match self.db.database() {
+            Ok(db) => StoreWriter::start(db),
+            Err(_) => StoreWriter::stopped(),
+        }
     }
 
     /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
     /// entry is decoded once at startup.
     pub fn load_state(&self) -> Result<LoadedState, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut state = LoadedState::default();
 
         let accounts = txn.open_table(ACCOUNTS)?;
@@ -320,14 +381,14 @@ impl Store {
     }
 
     pub fn account(&self, id: u64) -> Result<Option<AccountRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let row = table.get(id)?;
         row.map(|v| decode(v.value(), "account")).transpose()
     }
 
     pub fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(ACCOUNTS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -337,7 +398,7 @@ impl Store {
     }
 
     pub fn key(&self, id: u64) -> Result<Option<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEYS)?;
         let row = table.get(id)?;
         row.map(|v| decode(v.value(), "key")).transpose()
@@ -346,7 +407,7 @@ impl Store {
     /// An account's keys, revoked ones included, oldest first. A scan of the keys table:
     /// fine for the thousands of keys a gateway has, and it is not on the request path.
     pub fn list_keys(&self, account_id: u64) -> Result<Vec<KeyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEYS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -363,7 +424,7 @@ impl Store {
     /// the creation time in unpadded hex milliseconds, which keeps them in time order (the
     /// width only grows in the year 2527), so this reads a range, not the whole table.
     pub fn generation_costs_since(&self, since_secs: u64) -> Result<Vec<(u64, Nano, u64)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let generations = txn.open_table(GENERATIONS)?;
         let start = format!("gen-{:x}", since_secs.saturating_mul(1000));
         let mut out = Vec::new();
@@ -385,7 +446,7 @@ impl Store {
         day_from: u64,
         day_to: u64,
     ) -> Result<Vec<(u64, u64, String, UsageRollup)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = Vec::new();
         if day_from > day_to {
@@ -409,7 +470,7 @@ impl Store {
         day_from: u64,
         day_to: u64,
     ) -> Result<HashMap<u64, Nano>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = HashMap::new();
         for account_id in accounts {
@@ -433,7 +494,7 @@ impl Store {
         accounts: impl IntoIterator<Item = u64>,
         day_from: u64,
     ) -> Result<Vec<(u64, u64, u64, Nano)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         let mut out = Vec::new();
         for account_id in accounts {
@@ -453,7 +514,7 @@ impl Store {
 
     /// Last-used time of a key as last flushed.
     pub fn key_last_used(&self, key_id: u64) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(KEY_LAST_USED)?;
         Ok(table.get(key_id)?.map(|v| v.value()))
     }
@@ -465,7 +526,7 @@ impl Store {
         limit: usize,
         account_id: Option<u64>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
@@ -486,7 +547,7 @@ impl Store {
         &self,
         id_or_body_id: &str,
     ) -> Result<Option<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let generations = txn.open_table(GENERATIONS)?;
         if let Some(v) = generations.get(id_or_body_id)? {
             return decode(v.value(), "generation").map(Some);
@@ -506,7 +567,7 @@ impl Store {
         account_id: u64,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(LEDGER)?;
         let mut out = Vec::new();
         for row in table.iter()?.rev() {
@@ -520,6 +581,47 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Creates every table up front (so read transactions never meet a missing one) and records
+/// or upgrades the schema version.
+fn init_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+    // Create every table up front so read transactions never meet a missing table.
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(ACCOUNTS)?;
+        txn.open_table(KEYS)?;
+        txn.open_table(LEDGER)?;
+        txn.open_table(GENERATIONS)?;
+        txn.open_table(GENERATION_BY_BODY)?;
+        txn.open_table(USAGE)?;
+        txn.open_table(KEY_LAST_USED)?;
+        txn.open_table(AUDIT)?;
+        txn.open_table(BYOK)?;
+        let mut meta = txn.open_table(META)?;
+        let version = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(1) => {
+                // Version 1 had no rollups: build them once from the generations, in the
+                // same transaction as the version bump.
+                let n = build_rollups(&txn)?;
+                log::info!("store: upgraded to schema {SCHEMA_VERSION}; usage rollups built from {n} generations");
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError(format!(
+                    "{} has schema version {v}; this build understands {SCHEMA_VERSION}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Builds the usage rollups from every stored generation (the upgrade from schema 1).
@@ -568,7 +670,7 @@ pub fn now_millis() -> u64 {
 impl Store {
     /// Every generation record (for consistency checks in tests).
     pub(crate) fn all_generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(GENERATIONS)?;
         let mut out = Vec::new();
         for row in table.iter()? {
@@ -606,7 +708,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn key(id: u64, account_id: u64) -> KeyRecord {
+    pub(crate) fn key(id: u64, account_id: u64) -> KeyRecord {
         KeyRecord {
             id,
             account_id,
@@ -917,7 +1019,7 @@ pub(crate) mod tests {
             writer.shutdown();
             check(&store);
             // Make it a version-1 file: no rollups table content, version 1.
-            let txn = store.db.begin_write().expect("txn");
+            let txn = store.db().unwrap().begin_write().expect("txn");
             txn.delete_table(USAGE).expect("drop");
             txn.open_table(META).expect("meta").insert(META_SCHEMA_VERSION, 1).expect("v1");
             txn.commit().expect("commit");
@@ -1003,6 +1105,7 @@ pub(crate) mod tests {
         std::fs::copy(store.path(), copy.join(DB_FILE)).expect("copy live file");
 
         let crashed = Store::open(&copy).expect("open after unclean shutdown");
+        assert!(crashed.was_repaired(), "redb's repair path was taken");
         let state = crashed.load_state().expect("load");
         assert_eq!(state.balances.get(&1), Some(&300));
         assert_eq!(

@@ -170,6 +170,17 @@ impl StoreWriter {
         }
     }
 
+    /// A writer with no thread, for a closed store: every submit fails (and says so).
+    pub fn stopped() -> StoreWriter {
+        let (tx, _) = mpsc::channel();
+        StoreWriter {
+            tx,
+            thread: Mutex::new(None),
+            closed: AtomicBool::new(true),
+            stats: Arc::new(WriterStats::default()),
+        }
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
