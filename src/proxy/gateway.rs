@@ -129,6 +129,9 @@ impl ProxyHttp for Gateway {
             peer.options.read_timeout = Some(backstop);
             peer.options.write_timeout = Some(backstop);
             peer.options.idle_timeout = Some(Duration::from_secs(60));
+            if up.tls {
+                crate::tls::upstream_peer_options(&mut peer, &provider); // h2, CA bundle
+            }
             routing.watchdog.arm(now + t.first_byte, TimeoutKind::FirstByte, attempt.deadline);
             ctx.upstream_start = Some(now);
             return Ok(Box::new(peer));
