@@ -8,6 +8,9 @@
 //! - `LOAD_ACCESS_LOG` (default true) and `LOAD_GW_THREADS` (default 2): gateway variants for
 //!   investigating where time goes. A run with a non-default variant prints its table but does
 //!   not overwrite `benches/results.md`, which holds the standard measurement.
+//! - `LOAD_ONLY=tls`: only the TLS runs (keep-alive and new-connection-per-request, TLS vs
+//!   plain, and 10,000 idle keep-alive connections); replaces only the TLS section of
+//!   `benches/results.md`. `LOAD_IDLE_CONNS` (default 10000) sets the idle-connection count.
 //! - `TMPDIR` (read by `std::env::temp_dir`) decides where the gateway's store lives. Leave it
 //!   unset for the standard run: /tmp is on the real disk, so the store's fsyncs are counted.
 //!
@@ -142,6 +145,9 @@ struct Settings {
     secs: u64,
     access_log: bool,
     gw_threads: usize,
+    /// `LOAD_ONLY=tls`: only the TLS section.
+    tls_only: bool,
+    idle_conns: usize,
 }
 
 impl Settings {
@@ -159,6 +165,12 @@ impl Settings {
             secs: var("LOAD_SECS", 10u64),
             access_log: var("LOAD_ACCESS_LOG", true),
             gw_threads: var("LOAD_GW_THREADS", 2usize),
+            tls_only: match std::env::var("LOAD_ONLY").as_deref().map(str::trim) {
+                Ok("tls") => true,
+                Ok("") | Err(_) => false,
+                Ok(other) => panic!("LOAD_ONLY={other:?}: only \"tls\" is known"),
+            },
+            idle_conns: var("LOAD_IDLE_CONNS", 10_000usize),
         };
         assert!(s.conns > 0 && s.secs > 0, "LOAD_CONNS and LOAD_SECS must be positive");
         s
@@ -299,11 +311,31 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn run_bench() {
     let settings = Settings::from_env();
-    // Nine runs of warm-up + measurement + the request timeout, plus startup and setup.
+    // Nine runs (unless TLS only) and five TLS runs of warm-up + measurement + the request
+    // timeout, two idle-connection runs, plus startup and setup.
     let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
-    start_watchdog(per_run * 9 + STARTUP_TIMEOUT * 4 + Duration::from_secs(60));
+    let runs = if settings.tls_only { 5 } else { 14 };
+    start_watchdog(per_run * runs + STARTUP_TIMEOUT * 4 + Duration::from_secs(180));
+    // The idle-connection runs hold thousands of sockets here and in the gateway (which
+    // inherits the limit): raise the soft fd limit before anything is spawned.
+    let fd_limit = raise_fd_limit(settings.idle_conns as u64 + 1024);
 
     let tmp = TempDir::new();
+    // A development CA and a localhost certificate for the gateway's TLS listener.
+    let certs = tmp.0.join("certs");
+    let ok = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gen-certs.sh"))
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run scripts/gen-certs.sh");
+    assert!(ok.success(), "scripts/gen-certs.sh failed");
+    let tls_port = free_port();
+    let tls_lines = format!(
+        "[server]\ntls_listen = [\"127.0.0.1:{tls_port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        certs.join("server.pem").display(),
+        certs.join("server.key").display()
+    );
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -362,7 +394,8 @@ fn run_bench() {
     let config_path = tmp.0.join("tollgate.toml");
     std::fs::write(
         &config_path,
-        gateway_config(gw_port, metrics_port, &tmp.0.join("data"), mock_port, failing_port, &settings),
+        gateway_config(gw_port, metrics_port, &tmp.0.join("data"), mock_port, failing_port, &settings)
+            .replacen("[server]\n", &tls_lines, 1),
     )
     .expect("write config");
     let mut gw = ChildGuard::spawn(
@@ -420,11 +453,13 @@ fn run_bench() {
         Target::new("gateway → Anthropic-format mock, streaming (translated)", gw_port, &key, &gw_claude, true, Some(gw_pid), mock_pid),
     ];
     let mut results = Vec::new();
-    for target in &targets {
+    let standard_targets: &[Target] = if settings.tls_only { &[] } else { &targets };
+    for target in standard_targets {
         if target.name == "gateway → failover on every request" {
             // The failing route must stay in the path: reload with a failure threshold no run
             // reaches (health is kept across the reload; only the threshold changes).
             let config = gateway_config(gw_port, metrics_port, &tmp.0.join("data"), mock_port, failing_port, &settings)
+                .replacen("[server]\n", &tls_lines, 1)
                 .replace("failure_threshold = 3", "failure_threshold = 4000000000")
                 + "\n[[aliases]]\nname = \"bench/reloaded\"\nmodels = [\"mock/echo-1\"]\n";
             std::fs::write(&config_path, config).expect("rewrite config");
@@ -466,9 +501,23 @@ fn run_bench() {
         panic!("the gateway exited during the runs ({status}); stderr:\n{}", gw.stderr());
     }
 
-    // 7. Report.
-    let report = render_report(&settings, idle_rss_kib, &results);
-    println!("\n{report}");
+    // 7. TLS: the gateway over TLS vs plain, keep-alive and one connection per request, and
+    //    idle keep-alive connections.
+    let tls_section = run_tls_section(&settings, &gw, gw_port, tls_port, &certs.join("ca.pem"), &key, &gw_json, mock_pid, fd_limit);
+    if let Ok(Some(status)) = gw.child.try_wait() {
+        panic!("the gateway exited during the TLS runs ({status}); stderr:\n{}", gw.stderr());
+    }
+
+    // 8. Report.
+    let report = if settings.tls_only {
+        // Only the TLS section changes; the rest of the file keeps its last full measurement.
+        let previous = std::fs::read_to_string(RESULTS_PATH).unwrap_or_default();
+        let kept = previous.find(TLS_SECTION_HEADING).map_or(previous.as_str(), |i| &previous[..i]);
+        format!("{}\n\n{tls_section}", kept.trim_end())
+    } else {
+        format!("{}\n{tls_section}", render_report(&settings, idle_rss_kib, &results))
+    };
+    println!("\n{}", if settings.tls_only { &tls_section } else { &report });
     if settings.is_standard_variant() {
         std::fs::write(RESULTS_PATH, &report).unwrap_or_else(|e| panic!("write {RESULTS_PATH}: {e}"));
         eprintln!("load bench: wrote {RESULTS_PATH}");
@@ -647,6 +696,10 @@ struct Target {
     /// The proxy in the path (pass-through or gateway), for its CPU per request and RSS.
     proxy_pid: Option<u32>,
     mock_pid: u32,
+    /// Over TLS (rustls, HTTP/1.1) instead of plain TCP.
+    tls: Option<ClientTls>,
+    /// A new connection (and TLS handshake) per request: `Connection: close`.
+    fresh_conn: bool,
 }
 
 impl Target {
@@ -678,7 +731,24 @@ impl Target {
             stream,
             proxy_pid,
             mock_pid,
+            tls: None,
+            fresh_conn: false,
         }
+    }
+
+    fn over_tls(mut self, port: u16, tls: &ClientTls) -> Target {
+        self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.tls = Some(tls.clone());
+        self
+    }
+
+    /// One request per connection: the request says `Connection: close`, and the client
+    /// drops the connection after the response either way.
+    fn one_request_per_connection(mut self) -> Target {
+        let text = String::from_utf8_lossy(&self.request).replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
+        self.request = text.into_bytes().into();
+        self.fresh_conn = true;
+        self
     }
 }
 
@@ -733,6 +803,8 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
             .map(|_| {
                 tokio::spawn(connection_loop(
                     target.addr,
+                    target.tls.clone(),
+                    target.fresh_conn,
                     target.request.clone(),
                     target.stream,
                     measure_from,
@@ -797,8 +869,11 @@ fn run_load(target: &Target, conns: usize, secs: u64) -> RunResult {
 /// One keep-alive connection sending requests back to back until `measure_to`. Only requests
 /// that start and finish inside [measure_from, measure_to] count, so warm-up and the requests
 /// cut off at the end are left out of both throughput and latency.
+#[allow(clippy::too_many_arguments)]
 async fn connection_loop(
     addr: SocketAddr,
+    tls: Option<ClientTls>,
+    fresh_conn: bool,
     request: Arc<[u8]>,
     stream: bool,
     measure_from: Instant,
@@ -815,23 +890,13 @@ async fn connection_loop(
         }
         let in_window = |t1: Instant| t0 >= measure_from && t1 <= measure_to;
         if conn.is_none() {
-            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    // Requests are written in one piece; Nagle would only add delay.
-                    let _ = s.set_nodelay(true);
-                    conn = Some(Conn::new(s));
-                }
-                Ok(Err(e)) => {
+            match connect(addr, tls.as_ref()).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
                     if in_window(Instant::now()) {
-                        stats.error(|| format!("connect: {e}"));
+                        stats.error(|| e);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                Err(_) => {
-                    if in_window(Instant::now()) {
-                        stats.error(|| "connect: timeout".to_string());
-                    }
                     continue;
                 }
             }
@@ -841,7 +906,7 @@ async fn connection_loop(
         let t1 = Instant::now();
         match outcome {
             Ok(Ok(())) => {
-                if !resp.keep_alive {
+                if !resp.keep_alive || fresh_conn {
                     conn = None;
                 }
                 if !in_window(t1) {
@@ -902,14 +967,103 @@ enum Framing {
     UntilClose,
 }
 
+/// A client connection's transport: plain TCP or rustls over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<pingora::tls::ClientTlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connect (and, for a TLS target, handshake), bounded by `REQUEST_TIMEOUT`.
+async fn connect(addr: SocketAddr, tls: Option<&ClientTls>) -> Result<Conn, String> {
+    let tcp = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err("connect: timeout".to_string()),
+    };
+    // Requests are written in one piece; Nagle would only add delay.
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else { return Ok(Conn::new(Stream::Plain(tcp))) };
+    let connector = pingora::tls::TlsConnector::from(tls.config.clone());
+    match tokio::time::timeout(REQUEST_TIMEOUT, connector.connect(tls.name.clone(), tcp)).await {
+        Ok(Ok(s)) => Ok(Conn::new(Stream::Tls(Box::new(s)))),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Err(_) => Err("TLS handshake: timeout".to_string()),
+    }
+}
+
+/// What a TLS target's client needs: a rustls config (trusting the bench's CA) and the name.
+#[derive(Clone)]
+struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl ClientTls {
+    /// `resume`: TLS session resumption on (tickets / session ids) or off (every new
+    /// connection a full handshake).
+    fn new(ca_pem: &Path, resume: bool) -> ClientTls {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca_pem).expect("read the bench CA") {
+            roots.add(c.expect("bench CA PEM")).expect("bench CA");
+        }
+        let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        ClientTls { config: Arc::new(config), name: rustls::pki_types::ServerName::try_from("localhost").expect("name") }
+    }
+}
+
 /// A client connection with its read buffer (bytes received but not yet parsed).
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: Stream) -> Conn {
         Conn { stream, buf: BytesMut::with_capacity(64 * 1024) }
     }
 
@@ -1208,6 +1362,237 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         rps(gws),
         opt(p99(claude)),
     ));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+const TLS_SECTION_HEADING: &str = "## TLS";
+const TARGET_TLS_RATIO: f64 = 0.80;
+const TARGET_IDLE_CONNS_RSS_MB: f64 = 200.0;
+
+/// Raise the soft limit on open files to at least `want` (up to the hard limit) with
+/// `prlimit` on this process; children spawned afterwards inherit it. Returns the soft limit.
+fn raise_fd_limit(want: u64) -> u64 {
+    let read = || -> Option<(u64, u64)> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut f = line.split_whitespace().skip(3);
+        let soft = f.next()?.parse().unwrap_or(u64::MAX);
+        let hard = f.next()?.parse().unwrap_or(u64::MAX);
+        Some((soft, hard))
+    };
+    let Some((soft, hard)) = read() else { return 1024 };
+    if soft >= want {
+        return soft;
+    }
+    let target = want.min(hard);
+    let _ = Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), &format!("--nofile={target}:{hard}")])
+        .status();
+    read().map_or(soft, |(s, _)| s)
+}
+
+/// One idle-connection run: how much the gateway's RSS grows with `n` keep-alive connections
+/// open, each having served one `GET /healthz`.
+struct IdleResult {
+    name: &'static str,
+    opened: usize,
+    errors: usize,
+    first_error: Option<String>,
+    rss_before_kib: u64,
+    rss_open_kib: u64,
+}
+
+fn idle_connections(name: &'static str, addr: SocketAddr, tls: Option<ClientTls>, n: usize, gw_pid: u32) -> IdleResult {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let rss_before_kib = rss_kib(gw_pid).unwrap_or(0);
+        let request: Arc<[u8]> = format!("GET /healthz HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", addr.port()).into_bytes().into();
+        // 64 handshakes at a time: a burst of 10,000 would only measure the accept backlog.
+        let limit = Arc::new(tokio::sync::Semaphore::new(64));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (tls, request, limit) = (tls.clone(), request.clone(), limit.clone());
+                tokio::spawn(async move {
+                    let _permit = limit.acquire_owned().await.map_err(|e| e.to_string())?;
+                    let mut conn = connect(addr, tls.as_ref()).await?;
+                    let mut resp = Response::default();
+                    match tokio::time::timeout(REQUEST_TIMEOUT, conn.exchange(&request, &mut resp)).await {
+                        Ok(Ok(())) if resp.status == 200 && resp.keep_alive => {}
+                        Ok(Ok(())) => return Err(format!("HTTP {} (keep-alive {})", resp.status, resp.keep_alive)),
+                        Ok(Err(e)) => return Err(format!("I/O: {e}")),
+                        Err(_) => return Err("no response".to_string()),
+                    }
+                    // Idle: keep the socket, drop the 64 KiB read buffer the load runs reuse.
+                    conn.buf = BytesMut::new();
+                    Ok(conn)
+                })
+            })
+            .collect();
+        let mut open = Vec::with_capacity(n);
+        let (mut errors, mut first_error) = (0, None);
+        for t in tasks {
+            match t.await.expect("idle connection task panicked") {
+                Ok(c) => open.push(c),
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // Let the gateway settle (buffers released after the last response), then sample.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_open_kib = rss_kib(gw_pid).unwrap_or(0);
+        let opened = open.len();
+        drop(open);
+        // Give the gateway a moment to see the closes before the next run.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        IdleResult { name, opened, errors, first_error, rss_before_kib, rss_open_kib }
+    })
+}
+
+/// The TLS runs and their markdown section.
+#[allow(clippy::too_many_arguments)]
+fn run_tls_section(
+    settings: &Settings,
+    gw: &ChildGuard,
+    gw_port: u16,
+    tls_port: u16,
+    ca_pem: &Path,
+    key: &str,
+    gw_json: &Value,
+    mock_pid: u32,
+    fd_limit: u64,
+) -> String {
+    let gw_pid = gw.pid();
+    let full = ClientTls::new(ca_pem, false);
+    let resumed = ClientTls::new(ca_pem, true);
+    let plain = || Target::new("plain", gw_port, key, gw_json, false, Some(gw_pid), mock_pid);
+    let named = |mut t: Target, name: &'static str| {
+        t.name = name;
+        t
+    };
+    let targets = [
+        named(plain(), "gateway → mock, keep-alive, plain HTTP"),
+        named(plain().over_tls(tls_port, &full), "gateway → mock, keep-alive, TLS"),
+        named(plain().one_request_per_connection(), "new connection per request, plain HTTP"),
+        named(plain().over_tls(tls_port, &full).one_request_per_connection(), "new connection per request, TLS full handshake"),
+        named(plain().over_tls(tls_port, &resumed).one_request_per_connection(), "new connection per request, TLS resumed"),
+    ];
+    let mut results = Vec::new();
+    for target in &targets {
+        eprintln!("load bench: {} ({} conns, {} s + {} s warm-up)…", target.name, settings.conns, settings.secs, WARMUP.as_secs());
+        let r = run_load(target, settings.conns, settings.secs);
+        if r.latencies_us.is_empty() {
+            panic!("run '{}' got no successful response ({} errors; first: {})", target.name, r.errors, r.first_error.as_deref().unwrap_or("none"));
+        }
+        if let Some(e) = &r.first_error {
+            eprintln!("load bench: {}: {} errors; first: {e}", target.name, r.errors);
+        }
+        results.push(r);
+    }
+    // Both sides of every idle connection live on this machine: this process's fds too.
+    let n = settings.idle_conns.min(fd_limit.saturating_sub(512) as usize);
+    if n < settings.idle_conns {
+        eprintln!("load bench: open-files limit {fd_limit}: {n} idle connections instead of {}", settings.idle_conns);
+    }
+    let mut idle = Vec::new();
+    for (name, port, tls) in [("TLS", tls_port, Some(full.clone())), ("plain HTTP", gw_port, None)] {
+        eprintln!("load bench: {n} idle keep-alive connections, {name}…");
+        let r = idle_connections(name, SocketAddr::from(([127, 0, 0, 1], port)), tls, n, gw_pid);
+        if let Some(e) = &r.first_error {
+            eprintln!("load bench: idle {name}: {} errors; first: {e}", r.errors);
+        }
+        idle.push(r);
+    }
+    render_tls_section(settings, &results, &idle)
+}
+
+fn render_tls_section(s: &Settings, results: &[RunResult], idle: &[IdleResult]) -> String {
+    let opt = |v: Option<u32>| v.map_or("–".to_string(), |v| v.to_string());
+    let cpu = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+    let mut out = String::new();
+    out.push_str(&format!("{TLS_SECTION_HEADING} (`LOAD_ONLY=tls make bench` reruns only this section)\n\n"));
+    out.push_str(&format!(
+        "Date: {} · LOAD_CONNS={} · LOAD_SECS={} (+{} s warm-up) · gateway threads={}\n\n",
+        utc_now(),
+        s.conns,
+        s.secs,
+        WARMUP.as_secs(),
+        s.gw_threads
+    ));
+    out.push_str(
+        "The gateway → mock JSON request of the table above, on the gateway's `tls_listen` (rustls, \
+         TLS 1.3, ECDSA P-256 certificate, HTTP/1.1) and, back to back for comparison, on its plain \
+         listener. \"New connection per request\" sends `Connection: close`: every request pays a TCP \
+         connect and, over TLS, a full handshake (client session resumption off) or a resumed one \
+         (TLS 1.3 PSK from the client's session cache). The load client (one thread) does its own \
+         side of the TLS work on the same 2 cores, so TLS rows include the client's cost.\n\n",
+    );
+    out.push_str("| Run | Requests/s | p50 µs | p99 µs | Errors | RSS under load MB | Proxy CPU µs/req | Other CPU % |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            rps(r),
+            opt(percentile(&r.latencies_us, 0.50)),
+            opt(percentile(&r.latencies_us, 0.99)),
+            r.errors,
+            r.rss_kib.map_or("–".to_string(), |k| format!("{:.1}", mb(k))),
+            cpu(r.proxy_cpu_us),
+            cpu(r.other_cpu_percent),
+        ));
+    }
+    out.push_str("\n| Idle keep-alive connections | Open | Errors | Gateway RSS before MB | RSS with them open MB | KiB per connection |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for r in idle {
+        let per = (r.rss_open_kib as f64 - r.rss_before_kib as f64) / r.opened.max(1) as f64;
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |\n",
+            r.name,
+            r.opened,
+            r.errors,
+            mb(r.rss_before_kib),
+            mb(r.rss_open_kib),
+            per
+        ));
+    }
+    let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let (ka_plain, ka_tls, new_plain, new_full, new_resumed) = (&results[0], &results[1], &results[2], &results[3], &results[4]);
+    out.push_str("\n### TLS targets\n\n");
+    let ratio = rps(ka_tls) / rps(ka_plain);
+    out.push_str(&format!(
+        "- {} — keep-alive throughput over TLS within {:.0}% of plain HTTP: {:.0} vs {:.0} req/s = {:.1}%\n",
+        pass(ratio >= TARGET_TLS_RATIO),
+        (1.0 - TARGET_TLS_RATIO) * 100.0,
+        rps(ka_tls),
+        rps(ka_plain),
+        ratio * 100.0
+    ));
+    let full_ratio = rps(new_full) / rps(new_plain);
+    let resumed_ratio = rps(new_resumed) / rps(new_plain);
+    out.push_str(&format!(
+        "- {} — handshake rate (a new connection per request) over TLS within {:.0}% of plain HTTP's connection rate: \
+         {:.0} full handshakes/s = {:.1}% of {:.0} plain connections/s (resumed handshakes: {:.0}/s = {:.1}%)\n",
+        pass(full_ratio >= TARGET_TLS_RATIO),
+        (1.0 - TARGET_TLS_RATIO) * 100.0,
+        rps(new_full),
+        full_ratio * 100.0,
+        rps(new_plain),
+        rps(new_resumed),
+        resumed_ratio * 100.0
+    ));
+    if let Some(t) = idle.iter().find(|r| r.name == "TLS") {
+        out.push_str(&format!(
+            "- {} — gateway RSS with {} idle keep-alive TLS connections ≤ {TARGET_IDLE_CONNS_RSS_MB:.0} MB: {:.1} MB\n",
+            pass(t.opened >= s.idle_conns && t.errors == 0 && mb(t.rss_open_kib) <= TARGET_IDLE_CONNS_RSS_MB),
+            t.opened,
+            mb(t.rss_open_kib)
+        ));
+    }
     out
 }
 

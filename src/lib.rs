@@ -5,7 +5,8 @@
 //! format), `metering` (SSE decoding and token counting as bodies stream past), `billing`
 //! (nano-USD money, reservations and settlement), `store` (redb and its batching writer),
 //! `api` (routes answered without an upstream), `limits` (per-key rate limits) and `mock`
-//! (the project's own fake provider for tests, benches and the demo).
+//! (the project's own fake provider for tests, benches and the demo), `tls` (the listener's
+//! certificates by SNI with hot reload, and upstream trust).
 
 pub mod api;
 pub mod app;
@@ -22,3 +23,4 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod upgrade;
+pub mod tls;

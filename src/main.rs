@@ -41,6 +41,13 @@ enum Command {
         /// Require `Authorization: Bearer <KEY>` from callers.
         #[arg(long)]
         api_key: Option<String>,
+        /// Also serve HTTPS (ALPN h2 and http/1.1) on this address, with --tls-cert/--tls-key.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_listen: Option<String>,
+        #[arg(long)]
+        tls_cert: Option<String>,
+        #[arg(long)]
+        tls_key: Option<String>,
     },
     /// Write a consistent, compacted copy of the store to FILE, while serving or not. With a
     /// gateway running, it is asked (admin API, admin token from the environment) to write it.
@@ -120,9 +127,13 @@ fn main() {
                 }
             }
         }
-        Command::MockUpstream { listen, api_key } => {
+        Command::MockUpstream { listen, api_key, tls_listen, tls_cert, tls_key } => {
             let state = std::sync::Arc::new(tollgate::mock::MockState::new(api_key));
-            tollgate::mock::server::run_standalone_with(&listen, state)
+            let tls = match (tls_listen, tls_cert, tls_key) {
+                (Some(addr), Some(cert), Some(key)) => Some((addr, cert, key)),
+                _ => None,
+            };
+            tollgate::mock::server::run_standalone_tls(&listen, tls, state)
         }
         Command::Backup { config, to, force } => {
             let path = config.unwrap_or_else(tollgate::config::default_path);

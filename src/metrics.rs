@@ -124,6 +124,15 @@ pub static FAILOVERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static TLS_CERT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "tollgate_tls_cert_reloads_total",
+        "Reloads of the TLS listener's certificates, by result (success|failure: the old ones stay)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
 pub fn config_reload(result: &str) {
     CONFIG_RELOADS.with_label_values(&[result]).inc();
 }
@@ -138,6 +147,7 @@ pub fn init() {
     LazyLock::force(&ACTIVE_STREAMS);
     for r in ["success", "failure"] {
         CONFIG_RELOADS.with_label_values(&[r]);
+        TLS_CERT_RELOADS.with_label_values(&[r]);
     }
     LazyLock::force(&STORE_WRITE_ERRORS);
     LazyLock::force(&ROUTE_STATE);

@@ -106,11 +106,7 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
     for addr in &settings.listen {
         proxy.add_tcp(addr);
     }
-    if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
-        for addr in &settings.tls_listen {
-            proxy.add_tls(addr, cert, key).map_err(|e| format!("TLS listener {addr}: {e}"))?;
-        }
-    }
+    let certs = crate::tls::add_listeners(&mut proxy, &settings.tls_listen, &settings.tls_certs)?;
     server.add_service(proxy);
 
     if let Some(addr) = &settings.metrics_listen {
@@ -125,7 +121,7 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
     }
     server.add_service(background_service(
         "config-reload",
-        Housekeeping { app: app.clone(), poll: Duration::from_millis(settings.reload_poll_ms) },
+        Housekeeping { app: app.clone(), poll: Duration::from_millis(settings.reload_poll_ms), certs },
     ));
 
     for addr in &settings.listen {
@@ -149,6 +145,8 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
 struct Housekeeping {
     app: Arc<App>,
     poll: Duration,
+    /// The TLS listener's certificates, reloaded alongside the config (src/tls).
+    certs: Option<Arc<crate::tls::CertResolver>>,
 }
 
 #[async_trait]
@@ -156,8 +154,15 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         self.app.set_ready();
         self.app.spawn_background(); // last-used flush, tier recompute (app.rs)
+        let certs = async {
+            match &self.certs {
+                Some(r) => crate::tls::watch(self.app.config.clone(), r.clone(), self.poll).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = config::reload::watch(self.app.config.clone(), self.poll) => {}
+            _ = certs => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -33,6 +33,9 @@ pub struct ServerFile {
     pub tls_listen: Vec<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// More certificates for `tls_listen`, chosen by the SNI name a client asks for
+    /// (`[[server.tls_certs]]`); `tls_cert`/`tls_key` stay the default for other names.
+    pub tls_certs: Vec<TlsCertFile>,
     pub data_dir: String,
     pub metrics_listen: Option<String>,
     pub admin_token_env: String,
@@ -74,6 +77,7 @@ impl Default for ServerFile {
             tls_listen: vec![],
             tls_cert: None,
             tls_key: None,
+            tls_certs: vec![],
             data_dir: "data".into(),
             metrics_listen: Some("127.0.0.1:9464".into()),
             admin_token_env: "TOLLGATE_ADMIN_TOKEN".into(),
@@ -165,6 +169,16 @@ fn default_cors_max_age() -> u64 {
     600
 }
 
+/// One `[[server.tls_certs]]` entry: a certificate chain and its key, served to clients whose
+/// SNI is one of `names` (exact host names, or `*.example.com` for one label).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertFile {
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BillingFile {
@@ -224,6 +238,12 @@ pub struct ProviderFile {
     /// Longest one attempt on this provider may take, start to end (default: no limit of its
     /// own; the request's deadline still applies).
     pub total_timeout_secs: Option<f64>,
+    /// For an `https` provider: a PEM file of CA certificates trusted for this provider
+    /// *instead of* the system roots (a private PKI).
+    pub ca_bundle: Option<String>,
+    /// For an `https` provider: offer HTTP/2 by ALPN (default true; HTTP/1.1 when the
+    /// provider does not pick h2). `false`: HTTP/1.1 only.
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,10 @@ pub struct Provider {
     pub serve_mock: Option<String>,
     /// The configured `base_url`, part of a route's health key.
     pub base_url: String,
+    /// `ca_bundle`: CA certificates trusted for this provider instead of the system roots.
+    pub ca_bundle: Option<crate::tls::CaBundle>,
+    /// Offer HTTP/2 by ALPN to an `https` provider.
+    pub http2: bool,
 }
 
 /// How a request picks among healthy routes of the same priority.
@@ -185,6 +189,9 @@ pub struct ServerSettings {
     pub tls_listen: Vec<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// Every certificate of `tls_listen`: `tls_cert`/`tls_key` first (the default, no names),
+    /// then `[[server.tls_certs]]` in order. Checked loadable by validation.
+    pub tls_certs: Vec<crate::tls::CertSpec>,
     pub data_dir: PathBuf,
     pub metrics_listen: Option<String>,
     pub admin_token: Option<String>,

@@ -3,7 +3,7 @@
 //! All errors are gathered rather than stopping at the first, so `tollgate check` can show an
 //! operator everything wrong with a file in one run.
 
-use super::file::{FileConfig, ModelFile, ProviderFile, RoutingFile};
+use super::file::{FileConfig, ModelFile, ProviderFile, RoutingFile, ServerFile};
 use super::snapshot::*;
 use crate::billing::money::{self, Nano};
 use std::collections::{HashMap, HashSet};
@@ -300,6 +300,55 @@ fn with_routes(
     Some(model)
 }
 
+/// `tls_cert`/`tls_key` and `[[server.tls_certs]]` as certificate specs, each file read and
+/// checked (PEM, key matching the certificate, names covered), so `tollgate check` reports a
+/// bad certificate with its key path instead of the listener failing at startup.
+fn tls_certs(s: &ServerFile, errs: &mut Errors) -> Vec<crate::tls::CertSpec> {
+    use crate::tls::CertSpec;
+    let mut specs = Vec::new();
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(cert), Some(key)) => specs.push(CertSpec {
+            origin: "server.tls_cert".into(),
+            cert_origin: "server.tls_cert".into(),
+            key_origin: "server.tls_key".into(),
+            names: vec![],
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+        }),
+        (Some(_), None) => errs.push("server.tls_key", "required with server.tls_cert"),
+        (None, Some(_)) => errs.push("server.tls_cert", "required with server.tls_key"),
+        (None, None) => {}
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in s.tls_certs.iter().enumerate() {
+        let origin = format!("server.tls_certs[{i}]");
+        if c.names.is_empty() {
+            errs.push(format!("{origin}.names"), "list at least one SNI name (the default certificate is server.tls_cert)");
+        }
+        for (j, name) in c.names.iter().enumerate() {
+            if let Err(e) = crate::tls::check_sni_name(name) {
+                errs.push(format!("{origin}.names[{j}]"), e);
+            } else if let Some(first) = seen.insert(name, i) {
+                errs.push(format!("{origin}.names[{j}]"), format!("'{name}' is already served by server.tls_certs[{first}]"));
+            }
+        }
+        specs.push(CertSpec {
+            cert_origin: format!("{origin}.cert"),
+            key_origin: format!("{origin}.key"),
+            origin,
+            names: c.names.clone(),
+            cert: PathBuf::from(&c.cert),
+            key: PathBuf::from(&c.key),
+        });
+    }
+    for spec in &specs {
+        if let Err(e) = crate::tls::load_cert(spec) {
+            errs.push(e.path, e.message);
+        }
+    }
+    specs
+}
+
 fn server_settings(
     file: &FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
@@ -315,8 +364,9 @@ fn server_settings(
     for (i, addr) in s.tls_listen.iter().enumerate() {
         check_addr(&format!("server.tls_listen[{i}]"), addr, errs);
     }
-    if !s.tls_listen.is_empty() && (s.tls_cert.is_none() || s.tls_key.is_none()) {
-        errs.push("server.tls_listen", "needs server.tls_cert and server.tls_key");
+    let tls_certs = tls_certs(s, errs);
+    if !s.tls_listen.is_empty() && tls_certs.is_empty() {
+        errs.push("server.tls_listen", "needs server.tls_cert and server.tls_key (or [[server.tls_certs]])");
     }
     if let Some(addr) = s.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
         check_addr("server.metrics_listen", addr, errs);
@@ -353,6 +403,7 @@ fn server_settings(
         tls_listen: s.tls_listen.clone(),
         tls_cert: s.tls_cert.clone(),
         tls_key: s.tls_key.clone(),
+        tls_certs,
         data_dir: PathBuf::from(&s.data_dir),
         metrics_listen: s.metrics_listen.clone().filter(|a| !a.is_empty()),
         admin_token: secret(&s.admin_token_env),
@@ -610,6 +661,19 @@ fn provider(
         }
     };
     let read_timeout = timeout("read_timeout_secs", p.read_timeout_secs, DEFAULT_READ_TIMEOUT, errs);
+    let ca_bundle = match &p.ca_bundle {
+        Some(_) if !upstream.tls => {
+            errs.push(format!("{path}.ca_bundle"), "only for an https:// base_url");
+            None
+        }
+        Some(file) => crate::tls::CaBundle::load(file)
+            .map_err(|e| errs.push(format!("{path}.ca_bundle"), e))
+            .ok(),
+        None => None,
+    };
+    if p.http2.is_some() && !upstream.tls {
+        errs.push(format!("{path}.http2"), "only for an https:// base_url (HTTP/2 is offered by TLS ALPN)");
+    }
     Some(Provider {
         name: name.to_string(),
         kind,
@@ -624,6 +688,8 @@ fn provider(
         total_timeout: seconds(&path, "total_timeout_secs", p.total_timeout_secs, errs),
         serve_mock: p.serve.clone(),
         base_url: base_url.clone(),
+        ca_bundle,
+        http2: p.http2.unwrap_or(true),
     })
 }
 

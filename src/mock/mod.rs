@@ -45,7 +45,7 @@ use http::HeaderMap;
 use serde_json::{json, Map, Value};
 
 pub use faults::{FaultConfig, Faults};
-pub use server::{mock_service, run_standalone, run_standalone_with, spawn_background, MockApp};
+pub use server::{mock_service, run_standalone, run_standalone_tls, run_standalone_with, spawn_background, MockApp};
 
 /// How many requests the log keeps.
 pub const LOG_CAPACITY: usize = 64;
@@ -194,6 +194,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One request as the mock received it: what the tests check the gateway sent upstream.
 #[derive(Clone, Debug)]
 pub struct LoggedRequest {
+    /// "HTTP/1.1" or "HTTP/2" (h2c or ALPN h2).
+    pub http_version: &'static str,
     pub method: String,
     /// Path and query, as sent.
     pub path: String,
@@ -247,6 +249,7 @@ impl LoggedRequest {
             .cloned()
             .unwrap_or(Value::Null);
         json!({
+            "http_version": self.http_version,
             "method": self.method,
             "path": self.path,
             "headers": headers,
@@ -270,6 +273,7 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         LoggedRequest {
+            http_version: "HTTP/1.1",
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             headers,

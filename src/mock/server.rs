@@ -59,6 +59,12 @@ pub fn run_standalone(listen: &str) {
 
 /// Serve forever in this process with the given state (e.g. an expected key).
 pub fn run_standalone_with(listen: &str, state: Arc<MockState>) -> ! {
+    run_standalone_tls(listen, None, state)
+}
+
+/// [`run_standalone_with`], plus HTTPS on `tls = (address, cert file, key file)` with ALPN
+/// h2 and http/1.1 (for the gateway's HTTP/2 and CA-bundle upstream paths).
+pub fn run_standalone_tls(listen: &str, tls: Option<(String, String, String)>, state: Arc<MockState>) -> ! {
     // Build the conf ourselves so Pingora never parses this process's argv, and keep shutdown
     // quick: a test or `make run` stopping the mock should not wait out Pingora's 5-minute grace.
     let conf = ServerConf {
@@ -69,7 +75,24 @@ pub fn run_standalone_with(listen: &str, state: Arc<MockState>) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server.add_service(mock_service(listen, state));
+    let mut service = mock_service(listen, state);
+    if let Some((addr, cert, key)) = &tls {
+        let settings = pingora::listeners::tls::TlsSettings::intermediate(cert, key).and_then(|mut t| {
+            t.set_certificate_chain_file(cert)?;
+            t.set_private_key_file(key)?;
+            t.enable_h2();
+            Ok(t)
+        });
+        match settings {
+            Ok(t) => service.add_tls_with_settings(addr, None, t),
+            Err(e) => {
+                log::error!("mock: TLS on {addr}: {e}");
+                std::process::exit(1);
+            }
+        }
+        info!("mock upstream listening on https://{addr}");
+    }
+    server.add_service(service);
     info!("mock upstream listening on {listen}");
     server.run_forever()
 }
@@ -406,6 +429,7 @@ async fn handle(state: &MockState, session: &mut ServerSession) -> Next {
             .filter(|ct| ct.trim_start().to_ascii_lowercase().starts_with("multipart/"))
             .map(|ct| multipart::log_summary(ct, &body));
         state.record(LoggedRequest {
+            http_version: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
             method: method.to_string(),
             path: req
                 .uri

@@ -136,6 +136,9 @@ impl ProxyHttp for Gateway {
             peer.options.read_timeout = Some(backstop);
             peer.options.write_timeout = Some(backstop);
             peer.options.idle_timeout = Some(Duration::from_secs(60));
+            if up.tls {
+                crate::tls::upstream_peer_options(&mut peer, &provider); // h2, CA bundle
+            }
             routing.watchdog.arm(now + t.first_byte, TimeoutKind::FirstByte, attempt.deadline);
             ctx.upstream_start = Some(now);
             return Ok(Box::new(peer));
@@ -310,6 +313,8 @@ impl ProxyHttp for Gateway {
         }
         if end_of_stream {
             ctx.upstream_end = Some(Instant::now());
+            // The last bytes are about to leave: see `local::write_reply`.
+            ctx.ip_slot = None;
         }
         Ok(None)
     }
@@ -406,6 +411,7 @@ impl ProxyHttp for Gateway {
         let api_error = ctx.error.clone().unwrap_or_else(|| upstream_error::classify(e));
         let code = api_error.status;
         if session.response_written().is_some() {
+            ctx.ip_slot = None;
             // The stream already started: one error event, then the end.
             if ctx.stream_started {
                 let _ = session.write_response_body(Some(api_error.sse_event()), true).await;

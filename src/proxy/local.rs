@@ -233,6 +233,9 @@ pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()>
 
 /// Write a complete reply. Errors writing to a client that went away are only logged.
 pub async fn write_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Reply) {
+    // The request stops counting against its address's cap before the client can see the
+    // answer: a client sending one request at a time must never meet its own previous one.
+    ctx.ip_slot = None;
     if ctx.error.is_none() {
         ctx.error = reply.error.clone();
     }

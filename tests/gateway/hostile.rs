@@ -177,7 +177,17 @@ fn connections_and_requests_per_address_are_capped() {
     assert_healthy(&gw, &key);
 
     // Connections: `slow` still holds one; two more fill the cap, the fourth is refused.
-    let held: Vec<RawConn> = (0..2).map(|_| RawConn::open(gw.port)).collect();
+    // Each is proven open and counted by a kept-alive answer: connections of the requests
+    // above may still count until the gateway sees them closed, and refuse one of these.
+    let held: Vec<RawConn> = (0..2)
+        .map(|_| {
+            eventually(|| {
+                let mut conn = RawConn::open(gw.port);
+                conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+                (conn.read_response().0 == 200).then_some(conn)
+            })
+        })
+        .collect();
     // Once the gateway has accepted them, the next connection is refused.
     let (status, code, closed) = eventually(|| {
         let mut conn = RawConn::open(gw.port);
