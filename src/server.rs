@@ -104,7 +104,7 @@ pub fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
     let mut proxy = Service::new("tollgate".to_string(), crate::proxy::front::Front::new(gateway, app.clone()));
     for addr in &settings.listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(crate::tls::listener(addr, None));
     }
     let certs = crate::tls::add_listeners(&mut proxy, &settings.tls_listen, &settings.tls_certs)?;
     server.add_service(proxy);

@@ -90,7 +90,7 @@ where
                     crate::metrics::count_refusal("connections_per_ip");
                     if !is_h2(&stream) {
                         let mut stream = stream;
-                        refuse(&mut stream, &e, &limits).await;
+                        Box::pin(refuse(&mut stream, &e, &limits)).await;
                     }
                     return None;
                 }
@@ -115,7 +115,7 @@ where
                 Next::Close => return None,
                 Next::Refuse(e) => {
                     log::debug!("refusing a request from {peer:?}: {}", e.message);
-                    refuse(&mut stream, &e, &limits).await;
+                    Box::pin(refuse(&mut stream, &e, &limits)).await;
                     return None;
                 }
             }
@@ -157,7 +157,7 @@ async fn read_head(s: &mut Prefixed, limits: &Limits, fresh: bool, shutdown: &mu
         let idle = if fresh { limits.header_timeout } else { limits.keepalive_timeout };
         tokio::select! {
             biased;
-            r = tokio::time::timeout(idle, s.fill()) => match r {
+            r = tokio::time::timeout(idle, s.fill_first()) => match r {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Close,
             },
@@ -335,6 +335,16 @@ pub struct Prefixed {
 }
 
 impl Prefixed {
+    /// Wait for a request to start, holding no heap buffer meanwhile: thousands of idle
+    /// keep-alive connections would otherwise each keep one (see `tls::listener`).
+    async fn fill_first(&mut self) -> io::Result<usize> {
+        let mut first = [0u8; 1024];
+        self.buf = BytesMut::new();
+        let n = self.inner.read(&mut first).await?;
+        self.buf.extend_from_slice(&first[..n]);
+        Ok(n)
+    }
+
     /// Read more from the socket into the buffer.
     async fn fill(&mut self) -> io::Result<usize> {
         self.buf.reserve(4096);

@@ -250,6 +250,22 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// A listening endpoint of the gateway (TLS when `tls` is given).
+///
+/// Reads are unbuffered at the socket: Pingora's default 64 KiB read buffer is allocated (and
+/// zeroed) for every accepted connection, idle or not, and the gateway never needs it: request
+/// headers are read into `proxy::front`'s own small buffer, and bodies into buffers sized by
+/// the read. Without it an idle keep-alive connection costs a few KiB instead of ~60 KiB.
+/// Writes keep Pingora's small (one-segment) buffer.
+pub fn listener(addr: &str, tls: Option<TlsSettings>) -> pingora::listeners::ListenerConfig {
+    use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+    let config = ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    match tls {
+        Some(settings) => config.tls(settings),
+        None => config,
+    }
+}
+
 /// Add every `tls_listen` address to `service` with the SNI resolver, ALPN h2 + http/1.1.
 /// Returns the resolver, for the reload task (None when there is no TLS listener).
 pub fn add_listeners<A>(
@@ -269,7 +285,7 @@ pub fn add_listeners<A>(
         let mut settings = TlsSettings::intermediate("", "").map_err(|e| format!("TLS listener {addr}: {e}"))?;
         settings.set_cert_resolver(resolver.clone());
         settings.enable_h2();
-        service.add_tls_with_settings(addr, None, settings);
+        service.add_listener(listener(addr, Some(settings)));
         log::info!("tollgate listening on https://{addr} (h2, http/1.1)");
     }
     Ok(Some(resolver))
