@@ -50,7 +50,7 @@ check: build
 ## Fuzz every parser and translator for FUZZ_SECS seconds each (docs/fuzzing.md); fails on
 ## a crash. `make test` runs it for TEST_FUZZ_SECS per target.
 FUZZ_SECS ?= 60
-TEST_FUZZ_SECS ?= 30
+TEST_FUZZ_SECS ?= 20
 .PHONY: fuzz
 fuzz: sys-deps
 	scripts/fuzz.sh $(FUZZ_SECS)
