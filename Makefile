@@ -19,6 +19,7 @@ test: deps
 	$(CARGO) build --bins
 	$(CARGO) test --no-fail-fast -- --test-threads=2
 	$(PY) -m pytest -q tests/python
+	$(MAKE) fuzz FUZZ_SECS=$(TEST_FUZZ_SECS)
 
 deps: sys-deps py-deps
 
@@ -45,6 +46,14 @@ release: sys-deps
 ## Validate conf/tollgate.toml.
 check: build
 	target/debug/tollgate check --config conf/tollgate.toml
+
+## Fuzz every parser and translator for FUZZ_SECS seconds each (docs/fuzzing.md); fails on
+## a crash. `make test` runs it for TEST_FUZZ_SECS per target.
+FUZZ_SECS ?= 60
+TEST_FUZZ_SECS ?= 20
+.PHONY: fuzz
+fuzz: sys-deps
+	scripts/fuzz.sh $(FUZZ_SECS)
 
 ## Load benchmark: the mock directly vs bare Pingora vs the gateway; writes benches/results.md.
 ## (The criterion micro-benchmarks are `make bench-criterion`.)

@@ -111,6 +111,12 @@ impl SseDecoder {
         }
         while let Some(end) = memchr2(b'\n', b'\r', chunk) {
             if self.line.is_empty() {
+                // A line held whole in this chunk is bounded like one buffered across chunks,
+                // so whether the stream fails does not depend on where the reads split it.
+                if end > self.limit {
+                    self.fail();
+                    return;
+                }
                 self.process_line(&chunk[..end], out);
             } else if self.buffer(&chunk[..end]) {
                 // Take the buffer out so the line can be processed while `self` is borrowed
@@ -370,5 +376,35 @@ pub(crate) mod tests {
         decoder.finish(&mut out);
         decoder.feed(b"data: ok\n\n", &mut out);
         assert_eq!(out, [ev("ok")]);
+    }
+
+    /// Found by the `sse_decoder` fuzz target: a long line that is not data (a comment, an
+    /// unknown field) failed the decoder when it arrived in two reads but not in one, so the
+    /// same stream was metered or not depending on the network.
+    #[test]
+    fn the_limit_on_a_line_does_not_depend_on_the_reads() {
+        let limit = 16;
+        for line in [&b": a comment longer than the limit"[..], b"dat5:zzzzzzzzzzzzzzzzzzzz", b"event: 0123456789abcdef"] {
+            let input = [line, b"\ndata: x\n\n"].concat();
+            let decode_with = |chunks: &[&[u8]]| {
+                let mut decoder = SseDecoder::with_limit(limit);
+                let mut out = Vec::new();
+                for chunk in chunks {
+                    decoder.feed(chunk, &mut out);
+                }
+                (out, decoder.error())
+            };
+            let whole = decode_with(&[&input]);
+            assert_eq!(whole, (vec![], Some(SseError::TooLarge { limit })), "{:?}", String::from_utf8_lossy(line));
+            for cut in 0..=input.len() {
+                assert_eq!(decode_with(&[&input[..cut], &input[cut..]]), whole, "split at {cut}");
+            }
+        }
+        // A line of exactly the limit is fine either way.
+        let input = b"event: 123456789\ndata: x\n\n";
+        let mut decoder = SseDecoder::with_limit(limit);
+        let mut out = Vec::new();
+        decoder.feed(input, &mut out);
+        assert_eq!((decoder.error(), out.len()), (None, 1));
     }
 }

@@ -1700,7 +1700,9 @@ impl AnthropicStream {
         Self::with_created(slug, include_usage, now_secs())
     }
 
-    fn with_created(slug: &str, include_usage: bool, created: u64) -> Self {
+    /// [`AnthropicStream::new`] with a fixed `created` timestamp, for output that can be
+    /// compared byte for byte (tests, fuzz targets).
+    pub fn with_created(slug: &str, include_usage: bool, created: u64) -> Self {
         let mut slug_json = Vec::with_capacity(slug.len() + 2);
         json_scan::write_json_string(&mut slug_json, slug);
         AnthropicStream {

@@ -1728,12 +1728,18 @@ impl GeminiStream {
     /// `include_usage`: the client's `stream_options.include_usage`, whether it gets the usage
     /// chunk. Usage is metered either way.
     pub fn new(slug: &str, include_usage: bool) -> Self {
+        Self::with_created(slug, include_usage, now_secs())
+    }
+
+    /// [`GeminiStream::new`] with a fixed `created` timestamp, for output that can be compared
+    /// byte for byte (tests, fuzz targets).
+    pub fn with_created(slug: &str, include_usage: bool, created: u64) -> Self {
         GeminiStream {
             decoder: SseDecoder::new(),
             events: Vec::new(),
             slug: slug.to_owned(),
             include_usage,
-            created: now_secs(),
+            created,
             id: None,
             prefix: Vec::new(),
             scratch: Vec::new(),
