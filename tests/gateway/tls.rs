@@ -545,3 +545,72 @@ output_per_mtok = 1
         usd(&a.credits(&a_key)["data"]["total_usage"]) > 0.0
     });
 }
+
+/// Certificates renewed again and again (and a SIGHUP) while clients keep sending inference
+/// requests over TLS, some on kept-alive connections, some on new ones: nothing fails, and the
+/// new connections end up on the last certificate.
+#[test]
+fn certificate_reloads_under_load_lose_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let certs = dev_certs();
+    let (gw, tls_port) = tls_gateway(&certs, "");
+    let (_, key) = gw.account_with_key("50");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (certs, key, stop, ok, failed) = (certs.clone(), key.clone(), stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut client = tls_client(&certs, &[("localhost", tls_port)]);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Half the workers start a new connection (a new handshake) every few requests.
+                    if w % 2 == 0 && n % 5 == 0 {
+                        client = tls_client(&certs, &[("localhost", tls_port)]);
+                    }
+                    n += 1;
+                    let r = client
+                        .post(format!("https://localhost:{tls_port}/v1/chat/completions"))
+                        .bearer_auth(&key)
+                        .json(&hello("mock/echo-1"))
+                        .send();
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            eprintln!("worker {w}: HTTP {}", r.status());
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("worker {w}: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let fresh = || tls_client(&certs, &[("localhost", tls_port)]).get(format!("https://localhost:{tls_port}/healthz")).send().unwrap();
+    for round in 0..4 {
+        let name = format!("renewed{round}");
+        leaf(&certs, "localhost", &name);
+        std::fs::rename(certs.join(format!("{name}.key")), certs.join("server.key")).unwrap();
+        std::fs::rename(certs.join(format!("{name}.pem")), certs.join("server.pem")).unwrap();
+        let renewed = der_of(&certs.join("server.pem"));
+        eventually("the renewed certificate", || peer_cert(&fresh()) == renewed);
+        if round == 2 {
+            gw.signal("HUP");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("certificate reloads under load: {ok} requests served, {failed} failed");
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert_eq!(failed, 0, "no request failed across the reloads");
+    assert!(reloads(&gw, "success") >= 4);
+}
