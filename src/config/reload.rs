@@ -74,36 +74,55 @@ fn report(result: Result<Arc<super::Config>, Vec<super::ConfigError>>, why: &str
     }
 }
 
-/// Runs until the process ends: reload when the file changes or on SIGHUP.
-pub async fn watch(handle: Arc<ConfigHandle>, poll: Duration) {
-    let mut last = mtime(&handle);
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            log::warn!("cannot listen for SIGHUP ({e}); file-change reload still works");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+/// What wakes a reload watcher: a poll tick, or SIGHUP. Shared by the config and the TLS
+/// certificate watchers (each gets its own signal stream; tokio delivers SIGHUP to both).
+pub struct Triggers {
+    hup: Option<tokio::signal::unix::Signal>,
+    tick: tokio::time::Interval,
+}
+
+impl Triggers {
+    pub fn new(poll: Duration) -> Triggers {
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cannot listen for SIGHUP ({e}); file-change reload still works");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Triggers { hup, tick }
+    }
+
+    /// Waits for the next tick (false) or SIGHUP (true: a forced reload).
+    pub async fn next(&mut self) -> bool {
         let hup_recv = async {
-            match hup.as_mut() {
+            match self.hup.as_mut() {
                 Some(s) => s.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = hup_recv => {
-                let now = mtime(&handle);
-                while !reload_settled(&handle, "SIGHUP").await {}
+            _ = hup_recv => true,
+            _ = self.tick.tick() => false,
+        }
+    }
+}
+
+/// Runs until the process ends: reload when the file changes or on SIGHUP.
+pub async fn watch(handle: Arc<ConfigHandle>, poll: Duration) {
+    let mut last = mtime(&handle);
+    let mut triggers = Triggers::new(poll);
+    loop {
+        if triggers.next().await {
+            let now = mtime(&handle);
+            while !reload_settled(&handle, "SIGHUP").await {}
+            last = now;
+        } else {
+            let now = mtime(&handle);
+            if now.is_some() && now != last && reload_settled(&handle, "file changed").await {
                 last = now;
-            }
-            _ = tick.tick() => {
-                let now = mtime(&handle);
-                if now.is_some() && now != last && reload_settled(&handle, "file changed").await {
-                    last = now;
-                }
             }
         }
     }

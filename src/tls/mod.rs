@@ -329,20 +329,9 @@ fn stamps(specs: &[CertSpec]) -> Vec<Stamp> {
 pub async fn watch(handle: Arc<ConfigHandle>, resolver: Arc<CertResolver>, poll: Duration) {
     let mut specs = handle.pin().server.tls_certs.clone();
     let mut last = stamps(&specs);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut triggers = crate::config::reload::Triggers::new(poll);
     loop {
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let forced = tokio::select! {
-            _ = hup_recv => true,
-            _ = tick.tick() => false,
-        };
+        let forced = triggers.next().await;
         if forced {
             // Let the config reload (on the same signal) land first, so a new list is seen.
             tokio::time::sleep(Duration::from_millis(50)).await;
