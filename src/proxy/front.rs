@@ -71,10 +71,36 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let limits = self.app.config.pin().server.limits.clone();
+        // Pingora calls this from the task it spawned for the connection, whose future also
+        // holds the (finished) TLS handshake's state inline: about 8.6 KB that an idle
+        // keep-alive connection would carry for its whole life. Serving the connection from a
+        // task of its own, sized for this loop alone, lets Pingora's task end now.
+        let front = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut next = front.serve(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = front.serve(stream, &shutdown).await;
+            }
+        });
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+impl<A> Front<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// One connection, from its first byte to its close.
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let limits = self.app.config.pin().server.limits.clone();
         let _slot = match peer {
             Some(ip) => match CONNECTIONS.acquire(ip, limits.max_connections_per_ip) {
                 Some(slot) => slot,
@@ -97,6 +123,7 @@ where
             },
             None => None,
         };
+        drop(limits);
         let opts = self.inner.server_options();
         let h2c_or_custom = opts.is_some_and(|o| o.h2c || o.force_custom);
         if is_h2(&stream) || h2c_or_custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
@@ -104,12 +131,13 @@ where
         }
 
         let mut shutdown_rx = shutdown.clone();
-        let mut stream = Prefixed { inner: stream, buf: BytesMut::new() };
+        let mut stream = Prefixed::new(stream);
         let mut persistent = None;
         let mut fresh = true;
         loop {
-            // A reload applies to the next request of a kept-alive connection.
-            let limits = if fresh { limits.clone() } else { self.app.config.pin().server.limits.clone() };
+            // Pinned per request: a reload applies to the next request of a kept-alive
+            // connection.
+            let limits = self.app.config.pin().server.limits.clone();
             match read_head(&mut stream, &limits, fresh, &mut shutdown_rx).await {
                 Next::Ready => {}
                 Next::Close => return None,
@@ -119,16 +147,22 @@ where
                     return None;
                 }
             }
-            let mut session = ServerSession::new_http1(Box::new(stream));
-            match persistent.take() {
-                Some(p) => pingora::apps::HttpPersistentSettings::apply_to_session(p, &mut session),
-                None => {
-                    // What Pingora's own loop sets on a new connection.
-                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-                    session.set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
+            // The session is built in a block of its own so that it is not kept in this
+            // future across the await (the future's size is that of its largest state, and
+            // a whole `ServerSession` would widen every idle connection's task).
+            let serving = {
+                let mut session = ServerSession::new_http1(Box::new(stream));
+                match persistent.take() {
+                    Some(p) => pingora::apps::HttpPersistentSettings::apply_to_session(p, &mut session),
+                    None => {
+                        // What Pingora's own loop sets on a new connection.
+                        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                        session.set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
+                    }
                 }
-            }
-            let reused = self.inner.process_new_http(session, shutdown).await?;
+                self.inner.process_new_http(session, shutdown)
+            };
+            let reused = serving.await?;
             let (next, settings) = reused.consume();
             // The stream Pingora hands back is the one given to it.
             stream = *next.into_any().downcast::<Prefixed>().ok()?;
@@ -138,10 +172,6 @@ where
                 return None;
             }
         }
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
     }
 }
 
@@ -328,21 +358,53 @@ fn value_of<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// A connection whose first bytes were already read: they are served again before the socket.
+///
+/// It also gathers what Pingora writes until Pingora flushes (a response's header and body
+/// leave in one send, one TLS record over TLS), the job of the socket-level write buffer,
+/// which the listeners leave out (`tls::listener`): that one is allocated for every accepted
+/// connection and kept while it idles; this one exists only between a write and its flush.
 #[derive(Debug)]
 pub struct Prefixed {
     inner: Stream,
     buf: BytesMut,
+    /// Written and not yet sent; no capacity between responses.
+    out: BytesMut,
 }
 
+/// Writes this large (or larger) skip the gathering buffer.
+const GATHER_MAX: usize = 8 * 1024;
+
 impl Prefixed {
+    pub fn new(inner: Stream) -> Prefixed {
+        Prefixed { inner, buf: BytesMut::new(), out: BytesMut::new() }
+    }
+
+    /// Send everything gathered.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Wait for a request to start, holding no heap buffer meanwhile: thousands of idle
     /// keep-alive connections would otherwise each keep one (see `tls::listener`).
+    /// The read lands in a buffer on the stack of the poll that finds data, not in this
+    /// future: a buffer held across the wait would be part of every idle connection's task.
     async fn fill_first(&mut self) -> io::Result<usize> {
-        let mut first = [0u8; 1024];
         self.buf = BytesMut::new();
-        let n = self.inner.read(&mut first).await?;
-        self.buf.extend_from_slice(&first[..n]);
-        Ok(n)
+        std::future::poll_fn(|cx| {
+            let mut first = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+            let mut read = ReadBuf::uninit(&mut first);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+            self.buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        })
+        .await
     }
 
     /// Read more from the socket into the buffer.
@@ -366,22 +428,43 @@ impl AsyncRead for Prefixed {
 
 impl AsyncWrite for Prefixed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.out.len() + buf.len() > GATHER_MAX {
+            std::task::ready!(self.poll_send_gathered(cx))?;
+        }
+        if buf.len() >= GATHER_MAX {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.out.len() + total > GATHER_MAX {
+            std::task::ready!(self.poll_send_gathered(cx))?;
+        }
+        if total >= GATHER_MAX {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            self.out.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_gathered(cx))?;
+        // Idle connections keep no write buffer.
+        self.out = BytesMut::new();
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_send_gathered(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

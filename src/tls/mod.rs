@@ -256,10 +256,13 @@ impl ResolvesServerCert for CertResolver {
 /// zeroed) for every accepted connection, idle or not, and the gateway never needs it: request
 /// headers are read into `proxy::front`'s own small buffer, and bodies into buffers sized by
 /// the read. Without it an idle keep-alive connection costs a few KiB instead of ~60 KiB.
-/// Writes keep Pingora's small (one-segment) buffer.
+/// Writes are unbuffered here too (Pingora's one-segment write buffer is also allocated per
+/// connection and kept): HTTP/1 writes are gathered until flushed by `proxy::front::Prefixed`,
+/// which holds a buffer only while a response is being written, and HTTP/2 frames by the h2
+/// codec's own buffer.
 pub fn listener(addr: &str, tls: Option<TlsSettings>) -> pingora::listeners::ListenerConfig {
-    use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
-    let config = ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    use pingora::listeners::{L4BufferSettings, ListenerConfig};
+    let config = ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered());
     match tls {
         Some(settings) => config.tls(settings),
         None => config,
