@@ -198,7 +198,12 @@ async fn read_head(s: &mut Prefixed, limits: &Limits, fresh: bool, shutdown: &mu
     let mut scan = HeadScanner::default();
     loop {
         match scan.scan(&s.buf, limits.max_header_bytes, limits.max_headers) {
-            Scan::Complete => return Next::Ready,
+            Scan::Complete => {
+                return match super::head_syntax::check(&s.buf) {
+                    None => Next::Ready,
+                    Some(e) => Next::Refuse(e),
+                }
+            }
             Scan::Refuse(e) => return Next::Refuse(e),
             Scan::Partial => {}
         }

@@ -81,6 +81,33 @@ fn smuggling_shapes_get_400_and_a_closed_connection() {
 }
 
 #[test]
+fn malformed_request_heads_get_a_json_400() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("5");
+    let cases: [(&str, &[u8]); 7] = [
+        ("not a request line", b"GARBAGE\r\n\r\n"),
+        ("method only", b"GET\r\n\r\n"),
+        ("method not a token", b"G@T /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("unknown version", b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n"),
+        ("space in a header name", b"GET /v1/models HTTP/1.1\r\nBad Header: x\r\n\r\n"),
+        ("empty header name", b"GET /v1/models HTTP/1.1\r\n: x\r\n\r\n"),
+        ("control byte in a value", b"GET /v1/models HTTP/1.1\r\nHost: x\x01y\r\n\r\n"),
+    ];
+    for (what, raw) in cases {
+        let (status, code, closed) = raw_exchange(gw.port, raw);
+        assert_eq!((status, code.as_str()), (400, "invalid_request"), "{what}");
+        assert!(closed, "{what}: the connection is closed after the refusal");
+    }
+    assert!(gw.metrics().contains("tollgate_refused_total{reason=\"malformed\"} 7"));
+    // A target with characters Pingora percent-encodes (a space, quotes) is still served.
+    let mut conn = RawConn::open(gw.port);
+    conn.stream.get_mut().write_all(b"GET /v1/models?q=\"a b\" HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (status, _, body) = conn.read_response();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_healthy(&gw, &key);
+}
+
+#[test]
 fn oversized_headers_get_431() {
     let gw = Gateway::start(); // max_header_bytes 32 KiB, max_headers 100 by default
     let (_, key) = gw.account_with_key("5");
