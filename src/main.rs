@@ -9,13 +9,6 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's run-time options, read before `main`. Without a background thread, jemalloc
-/// returns freed pages only when an allocating thread happens to pass by, so an edge node
-/// that served a burst and then sits on idle keep-alive connections kept the burst's
-/// high-water mark (~30 MB more RSS in `make bench`'s idle-connection run). The background
-/// thread purges on time; a 1 s decay keeps the purge off the hot path under steady load.
-#[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_OPTIONS: Option<&'static u8> = Some(&b"background_thread:true,dirty_decay_ms:1000\0"[0]);
 use std::path::PathBuf;
 
 #[derive(Parser)]
