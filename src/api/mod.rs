@@ -211,7 +211,9 @@ pub fn route(method: &Method, path: &str) -> Route {
                 if slug.is_empty() {
                     return Route::NotFound;
                 }
-                return only(method, Method::GET, Route::Model(slug.to_string()), "GET");
+                // SDKs that encode path parameters (openai-node's `models.retrieve`) send the
+                // slug's slash as %2F: `/models/anthropic%2Fclaude-sonnet-4-5`.
+                return only(method, Method::GET, Route::Model(percent_decode(slug, false)), "GET");
             }
             if let Some(tail) = rest.strip_prefix("/admin/accounts/") {
                 return admin_route(method, tail);
@@ -309,11 +311,12 @@ pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        (k == name).then(|| percent_decode(v, true))
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoded; `+` is a space only in a query (`form`), a plus sign in a path.
+fn percent_decode(s: &str, form: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -332,7 +335,7 @@ fn percent_decode(s: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if form => {
                 out.push(b' ');
                 i += 1;
             }
@@ -354,6 +357,8 @@ mod tests {
         for p in ["/v1", "/api/v1"] {
             assert_eq!(route(&Method::POST, &format!("{p}/chat/completions")), Route::Inference(Endpoint::ChatCompletions));
             assert_eq!(route(&Method::GET, &format!("{p}/models/openai/gpt-4o")), Route::Model("openai/gpt-4o".into()));
+            assert_eq!(route(&Method::GET, &format!("{p}/models/openai%2Fgpt-4o")), Route::Model("openai/gpt-4o".into()));
+            assert_eq!(route(&Method::GET, &format!("{p}/models/a/b+c")), Route::Model("a/b+c".into()));
             assert_eq!(route(&Method::POST, &format!("{p}/admin/accounts/7/credits")), Route::AdminCredits(7));
         }
         assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::MethodNotAllowed("POST"));

@@ -31,6 +31,9 @@ fn one_model_with_pricing_and_context() {
     assert_eq!(v["context_length"], 32768);
     assert_eq!(v["pricing"]["prompt"], "0.000001");
     assert_eq!(v["pricing"]["completion"], "0.000002");
+    // The slash of a slug sent encoded, as openai-node's `models.retrieve` does.
+    let v: Value = client().get(gw.url("/api/v1/models/mock%2Fecho-1")).send().unwrap().json().unwrap();
+    assert_eq!(v["id"], "mock/echo-1");
     let r = client().get(gw.url("/api/v1/models/nope/x")).send().unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(&r.json().unwrap()), "model_not_found");
