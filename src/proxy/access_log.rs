@@ -89,7 +89,10 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
         None => line.raw("key_id", "null"),
     }
     let latency_us = ctx.start.elapsed().as_micros() as u64;
-    line.raw("latency_ms", &format!("{}.{:03}", latency_us / 1000, latency_us % 1000));
+    line.key("latency_ms");
+    push_u64(&mut line.0, latency_us / 1000);
+    let ms_frac = latency_us % 1000;
+    line.0.extend_from_slice(&[b'.', b'0' + (ms_frac / 100) as u8, b'0' + (ms_frac / 10 % 10) as u8, b'0' + (ms_frac % 10) as u8]);
     line.num("overhead_us", ctx.overhead_us);
     let stream = ctx.inference.as_ref().map(|i| i.info.stream).unwrap_or(false);
     line.raw("stream", if stream { "true" } else { "false" });
@@ -115,7 +118,7 @@ impl Line {
     }
     fn num(&mut self, name: &str, n: u64) {
         self.key(name);
-        self.0.extend_from_slice(n.to_string().as_bytes());
+        push_u64(&mut self.0, n);
     }
     fn text(&mut self, name: &str, s: &str) {
         self.key(name);
@@ -132,6 +135,21 @@ impl Line {
     }
 }
 
+/// `n` in decimal (nine numbers a line: no `String` for each).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Status codes as bounded label values.
 fn status_label(status: u16) -> &'static str {
     match status {
@@ -139,5 +157,17 @@ fn status_label(status: u16) -> &'static str {
         405 => "405", 413 => "413", 429 => "429", 500 => "500", 502 => "502", 503 => "503",
         504 => "504", 0 => "0",
         s if s < 300 => "2xx", s if s < 400 => "3xx", s if s < 500 => "4xx", _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimal_numbers() {
+        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            super::push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 }

@@ -222,11 +222,12 @@ pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()>
     if !ctx.generation_id.is_empty() {
         resp.insert_header("x-generation-id", ctx.generation_id.as_str())?;
     }
-    resp.insert_header("x-tollgate-overhead-us", ctx.overhead_us.to_string())?;
+    // Numbers go in through `HeaderValue::from` (no `String` per header).
+    resp.insert_header("x-tollgate-overhead-us", http::HeaderValue::from(ctx.overhead_us))?;
     if let Some(rate) = &ctx.rate {
-        resp.insert_header("x-ratelimit-limit", rate.limit.to_string())?;
-        resp.insert_header("x-ratelimit-remaining", rate.remaining.to_string())?;
-        resp.insert_header("x-ratelimit-reset", rate.reset_secs.to_string())?;
+        resp.insert_header("x-ratelimit-limit", http::HeaderValue::from(rate.limit))?;
+        resp.insert_header("x-ratelimit-remaining", http::HeaderValue::from(rate.remaining))?;
+        resp.insert_header("x-ratelimit-reset", http::HeaderValue::from(rate.reset_secs))?;
     }
     super::cors::stamp(resp, ctx)
 }
