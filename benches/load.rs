@@ -32,16 +32,19 @@
 //! gets no successful response); a missed target is reported, not fatal.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod support;
+use support::{admin_post, free_port, rss_kib, start_watchdog, utc_now, ChildGuard};
 
 /// The release-profile gateway binary Cargo built for this bench.
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -183,62 +186,7 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Child processes
-
-/// PIDs of live children, so the watchdog can kill them even though it cannot run destructors.
-static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-/// A child process killed (and reaped) when dropped, including while unwinding from a panic.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, cmd: &mut Command, stderr_path: PathBuf) -> ChildGuard {
-        let stderr = std::fs::File::create(&stderr_path).expect("create stderr log");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        CHILD_PIDS.lock().unwrap().push(child.id());
-        ChildGuard { name, child, stderr_path }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Wait until `port` accepts connections; fail fast (with its stderr) if the child died.
-    fn wait_for_port(&mut self, port: u16) {
-        let start = Instant::now();
-        while start.elapsed() < STARTUP_TIMEOUT {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited during startup ({status}); stderr:\n{}", self.name, self.stderr());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} did not open port {port} within {STARTUP_TIMEOUT:?}; stderr:\n{}", self.name, self.stderr());
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let pid = self.child.id();
-        CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
-    }
-}
+// Scratch space and /proc (the child-process guard and the watchdog are in `support`)
 
 /// A scratch directory removed when dropped (declared before the children, so dropped after).
 struct TempDir(PathBuf);
@@ -256,24 +204,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Kill every child and exit if the bench overruns `budget`: a hung run must not hang `make`.
-fn start_watchdog(budget: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(budget);
-        eprintln!("load bench: overran its {budget:?} budget; killing children");
-        let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for pid in pids {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-        std::process::exit(3);
-    });
-}
-
-/// A port that was free a moment ago (the tiny race is acceptable on a bench machine).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// CPU time (user + system) `pid` has used so far, from /proc/<pid>/stat (Linux only).
@@ -299,13 +229,6 @@ fn machine_busy() -> Option<Duration> {
     Some(Duration::from_millis(busy * 10))
 }
 
-/// Resident set size of `pid` in KiB, from /proc (Linux only).
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The scenario
 
@@ -315,7 +238,7 @@ fn run_bench() {
     // timeout, two idle-connection runs, plus startup and setup.
     let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
     let runs = if settings.tls_only { 5 } else { 14 };
-    start_watchdog(per_run * runs + STARTUP_TIMEOUT * 4 + Duration::from_secs(180));
+    start_watchdog("load bench", per_run * runs + STARTUP_TIMEOUT * 4 + Duration::from_secs(180));
     // The idle-connection runs hold thousands of sockets here and in the gateway (which
     // inherits the limit): raise the soft fd limit before anything is spawned.
     let fd_limit = raise_fd_limit(settings.idle_conns as u64 + 1024);
@@ -353,7 +276,7 @@ fn run_bench() {
             .stdout(Stdio::null()),
         tmp.0.join("mock.stderr"),
     );
-    mock.wait_for_port(mock_port);
+    mock.wait_for_port(mock_port, STARTUP_TIMEOUT);
     // A second mock that fails every request with a 500: the failing route of the routing runs.
     let failing_port = free_port();
     let mut failing = ChildGuard::spawn(
@@ -365,7 +288,7 @@ fn run_bench() {
             .stdout(Stdio::null()),
         tmp.0.join("failing-mock.stderr"),
     );
-    failing.wait_for_port(failing_port);
+    failing.wait_for_port(failing_port, STARTUP_TIMEOUT);
     let r = http
         .post(format!("http://127.0.0.1:{failing_port}/_mock/faults"))
         .json(&json!({"status": 500}))
@@ -385,7 +308,7 @@ fn run_bench() {
             .stdout(Stdio::null()),
         tmp.0.join("passthrough.stderr"),
     );
-    pass.wait_for_port(pass_port);
+    pass.wait_for_port(pass_port, STARTUP_TIMEOUT);
 
     // 3. The gateway. Its access log stays on (a product feature whose cost we measure), but
     //    goes to /dev/null so the terminal or a file system is not what we benchmark.
@@ -409,7 +332,7 @@ fn run_bench() {
             .stdout(Stdio::null()),
         tmp.0.join("gateway.stderr"),
     );
-    gw.wait_for_port(gw_port);
+    gw.wait_for_port(gw_port, STARTUP_TIMEOUT);
     wait_ready(&http, gw_port, &gw);
     let (key, limited_key) = create_account_and_key(&http, gw_port);
 
@@ -497,14 +420,14 @@ fn run_bench() {
         results.push(r);
     }
     // The gateway must have survived the load (a crash would otherwise only show as errors).
-    if let Ok(Some(status)) = gw.child.try_wait() {
+    if let Some(status) = gw.exited() {
         panic!("the gateway exited during the runs ({status}); stderr:\n{}", gw.stderr());
     }
 
     // 7. TLS: the gateway over TLS vs plain, keep-alive and one connection per request, and
     //    idle keep-alive connections.
     let tls_section = run_tls_section(&settings, &gw, gw_port, tls_port, &certs.join("ca.pem"), &key, &gw_json, mock_pid, fd_limit);
-    if let Ok(Some(status)) = gw.child.try_wait() {
+    if let Some(status) = gw.exited() {
         panic!("the gateway exited during the TLS runs ({status}); stderr:\n{}", gw.stderr());
     }
 
@@ -647,18 +570,7 @@ fn wait_ready(http: &reqwest::blocking::Client, port: u16, gw: &ChildGuard) {
 
 /// An account with plenty of credit and two API keys: (plain, with every limit set).
 fn create_account_and_key(http: &reqwest::blocking::Client, port: u16) -> (String, String) {
-    let admin = |path: &str, body: Value| -> Value {
-        let r = http
-            .post(format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = r.status();
-        let text = r.text().unwrap_or_default();
-        assert!(status.is_success(), "POST {path}: {status}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
-    };
+    let admin = |path: &str, body: Value| admin_post(http, port, ADMIN_TOKEN, path, body);
     let account = admin("/v1/admin/accounts", json!({"email": "load-bench@example.com"}));
     let id = account["id"].as_u64().unwrap_or_else(|| panic!("no account id in {account}"));
     admin(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "1000"}));
@@ -1628,20 +1540,4 @@ fn render_tls_section(s: &Settings, results: &[RunResult], idle: &[IdleResult]) 
         ));
     }
     out
-}
-
-/// "YYYY-MM-DD HH:MM UTC" without a date crate (civil-from-days, Howard Hinnant's algorithm).
-fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }

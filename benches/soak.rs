@@ -23,14 +23,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod support;
+use support::{admin_post, free_port, rss_kib, start_watchdog, status_field, utc_now, ChildGuard};
 
 const BUILT_BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -54,63 +56,14 @@ const BACKUP_SETTLE: Duration = Duration::from_secs(15);
 /// [`RSS_TOLERANCE_MIB`], whichever is larger.
 const RSS_TOLERANCE: f64 = 0.10;
 const RSS_TOLERANCE_MIB: f64 = 8.0;
+/// How long a server may take to open its port.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn var(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         _ => default,
     }
-}
-
-static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    fn spawn(cmd: &mut Command, stderr: &Path) -> ChildGuard {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn");
-        CHILD_PIDS.lock().unwrap().push(child.id());
-        ChildGuard { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for_port(port: u16, what: &str, stderr: &Path) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} did not open port {port}; stderr:\n{}", std::fs::read_to_string(stderr).unwrap_or_default());
-}
-
-fn status_field(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn open_fds(pid: u32) -> Option<u64> {
@@ -253,14 +206,7 @@ fn main() {
     let sample_every = Duration::from_secs(var("SOAK_SAMPLE_SECS", 5).max(1));
     let warmup = Duration::from_secs(var("SOAK_WARMUP_SECS", (secs / 4).max(30)).min(secs / 2));
     let budget = Duration::from_secs(secs) + Duration::from_secs(120);
-    std::thread::spawn(move || {
-        std::thread::sleep(budget);
-        eprintln!("soak: overran its {budget:?} budget; killing children");
-        for pid in CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-        std::process::exit(3);
-    });
+    start_watchdog("soak", budget);
 
     let tmp = std::env::temp_dir().join(format!("tollgate-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -275,40 +221,32 @@ fn main() {
         .unwrap();
 
     let mock_port = free_port();
-    let mock = ChildGuard::spawn(
+    let mut mock = ChildGuard::spawn(
+        "mock-upstream",
         Command::new(bin())
             .args(["mock-upstream", "--listen", &format!("127.0.0.1:{mock_port}"), "--api-key", PROVIDER_KEY])
-            .env("RUST_LOG", "warn"),
-        &tmp.join("mock.stderr"),
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        tmp.join("mock.stderr"),
     );
-    wait_for_port(mock_port, "mock-upstream", &tmp.join("mock.stderr"));
+    mock.wait_for_port(mock_port, STARTUP_TIMEOUT);
     let (port, metrics_port) = (free_port(), free_port());
     let config_path = tmp.join("tollgate.toml");
     let data = tmp.join("data");
     std::fs::write(&config_path, config(port, metrics_port, &data, mock_port, 0)).unwrap();
-    let gw_stderr = tmp.join("gateway.stderr");
     let mut gw = ChildGuard::spawn(
+        "tollgate serve",
         Command::new(bin())
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TOLLGATE_SOAK_PROVIDER_KEY", PROVIDER_KEY)
-            .env("RUST_LOG", "warn"),
-        &gw_stderr,
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        tmp.join("gateway.stderr"),
     );
-    wait_for_port(port, "tollgate serve", &gw_stderr);
-    let admin = |path: &str, body: Value| -> Value {
-        let r = http
-            .post(format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = r.status();
-        let text = r.text().unwrap_or_default();
-        assert!(status.is_success(), "POST {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap()
-    };
+    gw.wait_for_port(port, STARTUP_TIMEOUT);
+    let admin = |path: &str, body: Value| admin_post(&http, port, ADMIN_TOKEN, path, body);
     let start_ready = Instant::now();
     while http.get(format!("http://127.0.0.1:{port}/readyz")).send().map(|r| r.status() != 200).unwrap_or(true) {
         assert!(start_ready.elapsed() < Duration::from_secs(30), "gateway never ready");
@@ -444,14 +382,14 @@ fn main() {
     let mut fault_log: Vec<String> = Vec::new();
     while Instant::now() < deadline {
         let now = Instant::now();
-        if let Ok(Some(status)) = gw.child.try_wait() {
-            panic!("the gateway exited during the soak ({status}); stderr:\n{}", std::fs::read_to_string(&gw_stderr).unwrap_or_default());
+        if let Some(status) = gw.exited() {
+            panic!("the gateway exited during the soak ({status}); stderr:\n{}", gw.stderr());
         }
         if now >= next_sample {
             next_sample += sample_every;
             samples.push(Sample {
                 t: started.elapsed().as_secs_f64(),
-                rss_kib: status_field(gw_pid, "VmRSS:").unwrap_or(0),
+                rss_kib: rss_kib(gw_pid).unwrap_or(0),
                 fds: open_fds(gw_pid).unwrap_or(0),
                 threads: status_field(gw_pid, "Threads:").unwrap_or(0),
                 ok: stats.ok.load(Ordering::Relaxed),
@@ -492,9 +430,9 @@ fn main() {
     let _ = http.delete(format!("http://127.0.0.1:{mock_port}/_mock/faults")).send();
     // Idle after the load: what is left open once nothing is in flight.
     std::thread::sleep(Duration::from_secs(3));
-    let idle_rss = status_field(gw_pid, "VmRSS:").unwrap_or(0);
+    let idle_rss = rss_kib(gw_pid).unwrap_or(0);
     let idle_fds = open_fds(gw_pid).unwrap_or(0);
-    if let Ok(Some(status)) = gw.child.try_wait() {
+    if let Some(status) = gw.exited() {
         panic!("the gateway exited during the soak ({status})");
     }
     let metrics = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
@@ -678,20 +616,4 @@ fn render(
     let _ = writeln!(out, "- {} — every config reload applied: {reload_ok} of {reloads}", pass(reload_ok >= reloads));
     let _ = writeln!(out, "- {} — every backup while serving succeeded: {} of {}", pass(failed_backups == 0), ok_backups.len(), backups.len());
     out
-}
-
-/// "YYYY-MM-DD HH:MM UTC" (civil-from-days, Howard Hinnant's algorithm).
-fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
