@@ -1381,11 +1381,11 @@ fn idle_connections(name: &'static str, addr: SocketAddr, tls: Option<ClientTls>
     })
 }
 
-/// The TLS runs and their markdown section.
-#[allow(clippy::too_many_arguments)]
 /// Requests per connection in the connection-churn runs.
 const CHURN: u32 = 100;
 
+/// The TLS runs and their markdown section.
+#[allow(clippy::too_many_arguments)]
 fn run_tls_section(
     settings: &Settings,
     gw: &ChildGuard,
