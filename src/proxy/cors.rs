@@ -35,7 +35,7 @@ pub struct Allowed {
 }
 
 /// The policy of the listener at `local`.
-pub fn policy_for<'a>(config: &'a Config, local: Option<SocketAddr>) -> Option<&'a Arc<CorsPolicy>> {
+pub fn policy_for(config: &Config, local: Option<SocketAddr>) -> Option<&Arc<CorsPolicy>> {
     let policies = &config.server.cors;
     if let Some(local) = local {
         let named = policies.iter().find(|p| {

@@ -100,30 +100,32 @@ where
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let limits = self.app.config.pin().server.limits.clone();
-        let _slot = match peer {
-            Some(ip) => match CONNECTIONS.acquire(ip, limits.max_connections_per_ip) {
-                Some(slot) => slot,
-                None => {
-                    log::debug!("refusing a connection from {ip}: {} already open", limits.max_connections_per_ip);
-                    let e = ApiError::rate_limited(
-                        format!(
-                            "too many connections from your address (at most {} at once); close some and retry",
-                            limits.max_connections_per_ip
-                        ),
-                        1,
-                    );
-                    crate::metrics::count_refusal("connections_per_ip");
-                    if !is_h2(&stream) {
-                        let mut stream = stream;
-                        Box::pin(refuse(&mut stream, &e, &limits)).await;
+        // In a block: the limits must not stay in this future for the connection's life.
+        let _slot = {
+            let limits = self.app.config.pin().server.limits.clone();
+            match peer {
+                Some(ip) => match CONNECTIONS.acquire(ip, limits.max_connections_per_ip) {
+                    Some(slot) => slot,
+                    None => {
+                        log::debug!("refusing a connection from {ip}: {} already open", limits.max_connections_per_ip);
+                        let e = ApiError::rate_limited(
+                            format!(
+                                "too many connections from your address (at most {} at once); close some and retry",
+                                limits.max_connections_per_ip
+                            ),
+                            1,
+                        );
+                        crate::metrics::count_refusal("connections_per_ip");
+                        if !is_h2(&stream) {
+                            let mut stream = stream;
+                            Box::pin(refuse(&mut stream, &e, &limits)).await;
+                        }
+                        return None;
                     }
-                    return None;
-                }
-            },
-            None => None,
+                },
+                None => None,
+            }
         };
-        drop(limits);
         let opts = self.inner.server_options();
         let h2c_or_custom = opts.is_some_and(|o| o.h2c || o.force_custom);
         if is_h2(&stream) || h2c_or_custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {

@@ -67,7 +67,7 @@ fn escape_target(buf: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let target = &line[target_start..version_at];
-    let needs = |b: u8| b < 0x20 || b >= 0x7f || matches!(b, b' ' | b'"' | b'<' | b'>');
+    let needs = |b: u8| !(0x20..0x7f).contains(&b) || matches!(b, b' ' | b'"' | b'<' | b'>');
     if !target.iter().any(|&b| needs(b)) {
         return None;
     }

@@ -27,7 +27,7 @@ fn legacy_completions_pass_through_and_go_through_chat_for_anthropic() {
     let v: Value = r.json().unwrap();
     assert_eq!(v["object"], "text_completion");
     assert_eq!(v["model"], "mock/echo-1");
-    assert!(v["choices"][0]["text"].as_str().unwrap().len() > 0);
+    assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
     let (p, c) = (v["usage"]["prompt_tokens"].as_u64().unwrap(), v["usage"]["completion_tokens"].as_u64().unwrap());
     let up = gw.mock.requests().pop().unwrap();
     assert_eq!(up["path"], "/v1/completions");

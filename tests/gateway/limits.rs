@@ -31,7 +31,7 @@ fn requests_per_minute_are_enforced_with_headers() {
         let status = r.status().as_u16();
         if status == 429 {
             let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
-            assert!(retry >= 1 && retry <= 61);
+            assert!((1..=61).contains(&retry));
             assert_eq!(error_code(&r.json().unwrap()), "rate_limit_exceeded");
         }
         statuses.push(status);

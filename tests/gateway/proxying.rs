@@ -25,7 +25,7 @@ fn chat_completion_is_routed_rewritten_and_answered_with_the_slug() {
     let body: Value = r.json().unwrap();
     assert_eq!(body["model"], "mock/echo-1", "the body names the slug, not the upstream model");
     assert_eq!(body["object"], "chat.completion");
-    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().len() > 0);
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
     let reqs = gw.mock.requests();

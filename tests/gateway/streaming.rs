@@ -64,7 +64,7 @@ fn every_chunk_names_the_slug_and_usage_is_hidden_unless_asked() {
     assert!(chunks.len() >= 3);
     for c in &chunks {
         assert_eq!(c["model"], "mock/echo-1", "chunk {c}");
-        assert!(c.get("usage").map_or(true, |u| u.is_null()), "usage leaked to a client that did not ask: {c}");
+        assert!(c.get("usage").is_none_or(|u| u.is_null()), "usage leaked to a client that did not ask: {c}");
         assert!(!c["choices"].as_array().unwrap().is_empty(), "the usage-only chunk must be removed");
     }
     // The gateway asked upstream for usage itself...

@@ -557,7 +557,7 @@ fn certificate_reloads_under_load_lose_nothing() {
     let (_, key) = gw.account_with_key("50");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let workers: Vec<_> = (0..4)
+    let workers: Vec<_> = (0..4u32)
         .map(|w| {
             let (certs, key, stop, ok, failed) = (certs.clone(), key.clone(), stop.clone(), ok.clone(), failed.clone());
             std::thread::spawn(move || {
@@ -565,7 +565,7 @@ fn certificate_reloads_under_load_lose_nothing() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // Half the workers start a new connection (a new handshake) every few requests.
-                    if w % 2 == 0 && n % 5 == 0 {
+                    if w.is_multiple_of(2) && n.is_multiple_of(5) {
                         client = tls_client(&certs, &[("localhost", tls_port)]);
                     }
                     n += 1;
