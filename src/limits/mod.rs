@@ -10,6 +10,9 @@
 //! Both key their state by key id in a fixed number of shards, each behind its own lock, so two
 //! requests on different keys rarely touch the same lock and one key's lock is held only for a
 //! few integer operations.
+//!
+//! The two per-minute limits share one mechanism, `window` (a sliding window of one-second
+//! buckets per key, in such shards); `rate` and `tokens` hold only what each counts and when.
 
 pub mod calendar;
 pub mod conn;
@@ -17,6 +20,7 @@ pub mod login;
 pub mod rate;
 pub mod spend;
 pub mod tokens;
+mod window;
 
 pub use rate::{KeyRateLimiter, RateDecision};
 pub use spend::{CapExceeded, SpendCaps, SpendHold};

@@ -15,9 +15,10 @@
 //!
 //! # What this does instead
 //!
-//! A sliding window of 61 one-second buckets per key, under a sharded `Mutex<HashMap>`. A
-//! request is admitted iff the requests admitted in every bucket that overlaps the last 60 s
-//! (the current second plus the 60 before it) number fewer than the limit. That is
+//! A sliding window of 61 one-second buckets per key, under a sharded `Mutex<HashMap>` (both in
+//! `window`, shared with the tokens-per-minute limit of `tokens`). A request is admitted iff
+//! the requests admitted in every bucket that overlaps the last 60 s (the current second plus
+//! the 60 before it) number fewer than the limit. That is
 //! *conservative*: a request counts until up to 61 s after it was made, never less than 60 s,
 //! so **no 60-second span ever contains more than `limit` admitted requests**, at any boundary
 //! and under any concurrency (the check-and-count is one critical section). The price is that a
@@ -32,24 +33,12 @@
 //! when the second has changed since the key's last request) clearing the expired buckets.
 //! Windows idle for over a minute carry no information; each shard drops them once a minute.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{shard_of, IdBuildHasher};
+use super::window::KeyWindows;
 
 /// The rate-limit window: limits are per minute.
-pub const WINDOW_SECS: u64 = 60;
-
-/// Bucket width in milliseconds: the granularity of the window's sliding.
-const BUCKET_MS: u64 = 1_000;
-
-/// Buckets a request counts in: every bucket that overlaps the last `WINDOW_SECS`, i.e. the
-/// current one and the 60 before it.
-const BUCKETS: u64 = WINDOW_SECS * 1_000 / BUCKET_MS + 1;
-
-/// Power of two; enough that a few cores rarely meet on one lock.
-const SHARDS: usize = 64;
+pub use super::window::WINDOW_SECS;
 
 /// What a rate check decided, and what the proxy puts in the `X-RateLimit-*` headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,81 +58,10 @@ pub struct RateDecision {
     pub retry_after_secs: u64,
 }
 
-/// One key's sliding window.
-struct Window {
-    /// Admitted requests per bucket; bucket `b` lives at `counts[b % BUCKETS]`.
-    counts: [u32; BUCKETS as usize],
-    /// The newest bucket seen. Buckets `head - 60 ..= head` are live.
-    head: u64,
-    /// Sum of `counts`, kept so a check does not add 61 numbers.
-    total: u32,
-}
-
-impl Window {
-    fn new(bucket: u64) -> Self {
-        Window {
-            counts: [0; BUCKETS as usize],
-            head: bucket,
-            total: 0,
-        }
-    }
-
-    /// Slides the window so `bucket` is the newest, dropping buckets that no longer overlap
-    /// the last 60 s. A `bucket` older than `head` (a thread that read the clock, then waited
-    /// for the lock behind a newer one) does not move the window back: its request is counted
-    /// in `head`, which only makes it count longer.
-    #[inline]
-    fn advance(&mut self, bucket: u64) {
-        if bucket <= self.head {
-            return;
-        }
-        if bucket - self.head >= BUCKETS {
-            self.counts = [0; BUCKETS as usize];
-            self.total = 0;
-        } else {
-            for b in self.head + 1..=bucket {
-                let slot = &mut self.counts[(b % BUCKETS) as usize];
-                self.total -= *slot;
-                *slot = 0;
-            }
-        }
-        self.head = bucket;
-    }
-
-    /// The oldest live bucket.
-    #[inline]
-    fn oldest(&self) -> u64 {
-        self.head.saturating_sub(BUCKETS - 1)
-    }
-
-    /// Seconds from `now_ms` until the live buckets, oldest first, whose counts add up to at
-    /// least `need` have all stopped counting. `need` must be in `1..=total`.
-    fn secs_until_freed(&self, need: u32, now_ms: u64) -> u64 {
-        let mut freed = 0u32;
-        for b in self.oldest()..=self.head {
-            freed += self.counts[(b % BUCKETS) as usize];
-            if freed >= need {
-                // Bucket b counts while head ≤ b + 60, so it stops counting at bucket b + 61.
-                let free_at_ms = (b + BUCKETS) * BUCKET_MS;
-                return free_at_ms.saturating_sub(now_ms).div_ceil(1_000).max(1);
-            }
-        }
-        // Unreachable while `need <= total`; a full window is the safe answer.
-        WINDOW_SECS
-    }
-}
-
-struct Shard {
-    windows: HashMap<u64, Window, IdBuildHasher>,
-    /// Bucket of the last sweep for idle windows.
-    last_sweep: u64,
-}
-
 /// Per-key requests-per-minute limiter. Share one per process (`Arc` or a field of the app).
 pub struct KeyRateLimiter {
-    /// Instants are opaque; bucket numbers are milliseconds since this one, divided.
-    epoch: Instant,
-    shards: Box<[Mutex<Shard>]>,
+    /// Admitted requests per key; `u32` since the limit is one.
+    windows: KeyWindows<u32>,
 }
 
 impl Default for KeyRateLimiter {
@@ -162,23 +80,9 @@ impl KeyRateLimiter {
     /// A limiter whose bucket clock starts at `epoch` (tests; or to line buckets up with
     /// another clock).
     pub fn with_epoch(epoch: Instant) -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    windows: HashMap::with_hasher(Default::default()),
-                    last_sweep: 0,
-                })
-            })
-            .collect();
-        KeyRateLimiter { epoch, shards }
-    }
-
-    fn shard(&self, key_id: u64) -> MutexGuard<'_, Shard> {
-        // A panic while holding the lock cannot leave a window half-updated in a way that
-        // matters (they are counters); keep limiting rather than failing every request.
-        self.shards[shard_of(key_id, SHARDS)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        KeyRateLimiter {
+            windows: KeyWindows::with_epoch(epoch),
+        }
     }
 
     /// Checks one request of `key_id` against `limit_rpm` at `now`, counting it if admitted.
@@ -187,7 +91,6 @@ impl KeyRateLimiter {
     /// takes the new limit on its next request, against the requests already counted.
     /// A limit of 0 admits nothing.
     pub fn check(&self, key_id: u64, limit_rpm: u32, now: Instant) -> RateDecision {
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         if limit_rpm == 0 {
             return RateDecision {
                 allowed: false,
@@ -197,54 +100,38 @@ impl KeyRateLimiter {
                 retry_after_secs: WINDOW_SECS,
             };
         }
-        let bucket = now_ms / BUCKET_MS;
-        let mut shard = self.shard(key_id);
-        if bucket >= shard.last_sweep + BUCKETS {
-            // A window whose newest bucket is 61+ buckets old is all zeros: same as absent.
-            shard.windows.retain(|_, w| w.head + BUCKETS > bucket);
-            if shard.windows.capacity() > 64 && shard.windows.len() < shard.windows.capacity() / 4 {
-                shard.windows.shrink_to_fit();
+        // Check and count in one critical section: that is what makes the limit exact under
+        // concurrency.
+        self.windows.with_window(key_id, now, |window, now_ms| {
+            if window.total() < limit_rpm {
+                window.add(1);
+                RateDecision {
+                    allowed: true,
+                    limit: limit_rpm,
+                    remaining: limit_rpm - window.total(),
+                    reset_secs: window.secs_until_freed(1, now_ms),
+                    retry_after_secs: 0,
+                }
+            } else {
+                // To admit one more, enough of the oldest requests must expire that
+                // total < limit. (total can exceed limit if the limit was lowered since they
+                // were counted.)
+                let need = window.total() - limit_rpm + 1;
+                let wait = window.secs_until_freed(need, now_ms);
+                RateDecision {
+                    allowed: false,
+                    limit: limit_rpm,
+                    remaining: 0,
+                    reset_secs: wait,
+                    retry_after_secs: wait,
+                }
             }
-            shard.last_sweep = bucket;
-        }
-        let window = shard
-            .windows
-            .entry(key_id)
-            .or_insert_with(|| Window::new(bucket));
-        window.advance(bucket);
-
-        if window.total < limit_rpm {
-            let head = window.head;
-            window.counts[(head % BUCKETS) as usize] += 1;
-            window.total += 1;
-            RateDecision {
-                allowed: true,
-                limit: limit_rpm,
-                remaining: limit_rpm - window.total,
-                reset_secs: window.secs_until_freed(1, now_ms),
-                retry_after_secs: 0,
-            }
-        } else {
-            // To admit one more, enough of the oldest requests must expire that total < limit.
-            // (total can exceed limit if the limit was lowered since they were counted.)
-            let need = window.total - limit_rpm + 1;
-            let wait = window.secs_until_freed(need, now_ms);
-            RateDecision {
-                allowed: false,
-                limit: limit_rpm,
-                remaining: 0,
-                reset_secs: wait,
-                retry_after_secs: wait,
-            }
-        }
+        })
     }
 
     /// Keys with a live window (for metrics and tests).
     pub fn tracked_keys(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).windows.len())
-            .sum()
+        self.windows.tracked_keys()
     }
 }
 

@@ -16,17 +16,14 @@
 //!   in flight, each at most its own size). Tokens count for at least 60 s and at most 61 s
 //!   (the same 61 one-second buckets as `rate`), so no 60-second span sees more admitted
 //!   after the limit was reached.
+//!
+//! The window and the sharded per-key table are `window`'s, shared with `rate`; this file is
+//! the policy: checks only look (a key never charged has no window), charges are added after
+//! the fact.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{shard_of, IdBuildHasher};
-
-const WINDOW_SECS: u64 = 60;
-/// Buckets overlapping the last 60 s: the current second and the 60 before it.
-const BUCKETS: u64 = WINDOW_SECS + 1;
-const SHARDS: usize = 64;
+use super::window::{KeyWindows, WINDOW_SECS};
 
 /// What a check decided (nothing was counted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,57 +38,10 @@ pub struct TpmDecision {
     pub retry_after_secs: u64,
 }
 
-struct Window {
-    counts: [u64; BUCKETS as usize],
-    head: u64,
-    total: u64,
-}
-
-impl Window {
-    fn new(bucket: u64) -> Window {
-        Window { counts: [0; BUCKETS as usize], head: bucket, total: 0 }
-    }
-
-    /// Slides forward to `bucket` (never back: a late reading counts in the newest bucket).
-    fn advance(&mut self, bucket: u64) {
-        if bucket <= self.head {
-            return;
-        }
-        if bucket - self.head >= BUCKETS {
-            self.counts = [0; BUCKETS as usize];
-            self.total = 0;
-        } else {
-            for b in self.head + 1..=bucket {
-                let slot = &mut self.counts[(b % BUCKETS) as usize];
-                self.total -= *slot;
-                *slot = 0;
-            }
-        }
-        self.head = bucket;
-    }
-
-    /// Seconds from `now_ms` until the oldest buckets holding `need` tokens stop counting.
-    fn secs_until_freed(&self, need: u64, now_ms: u64) -> u64 {
-        let mut freed = 0;
-        for b in self.head.saturating_sub(BUCKETS - 1)..=self.head {
-            freed += self.counts[(b % BUCKETS) as usize];
-            if freed >= need {
-                return ((b + BUCKETS) * 1_000).saturating_sub(now_ms).div_ceil(1_000).max(1);
-            }
-        }
-        WINDOW_SECS
-    }
-}
-
-struct Shard {
-    windows: HashMap<u64, Window, IdBuildHasher>,
-    last_sweep: u64,
-}
-
 /// Tokens per minute per key. One per process.
 pub struct TokenRateLimiter {
-    epoch: Instant,
-    shards: Box<[Mutex<Shard>]>,
+    /// Settled tokens per key; `u64`, since what is recorded is not bounded by the limit.
+    windows: KeyWindows<u64>,
 }
 
 impl Default for TokenRateLimiter {
@@ -106,44 +56,31 @@ impl TokenRateLimiter {
     }
 
     pub fn with_epoch(epoch: Instant) -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| Mutex::new(Shard { windows: HashMap::default(), last_sweep: 0 }))
-            .collect();
-        TokenRateLimiter { epoch, shards }
-    }
-
-    fn shard(&self, key_id: u64) -> MutexGuard<'_, Shard> {
-        self.shards[shard_of(key_id, SHARDS)].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn bucket(&self, now: Instant) -> (u64, u64) {
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        (ms / 1_000, ms)
+        TokenRateLimiter { windows: KeyWindows::with_epoch(epoch) }
     }
 
     /// Whether a request of `key_id` may start under `limit` tokens per minute. Counts
     /// nothing. A limit of 0 admits nothing.
     pub fn check_tpm(&self, key_id: u64, limit: u32, now: Instant) -> TpmDecision {
         let limit = u64::from(limit);
-        let (bucket, now_ms) = self.bucket(now);
-        let mut shard = self.shard(key_id);
-        let Some(window) = shard.windows.get_mut(&key_id) else {
-            return TpmDecision {
-                allowed: limit > 0,
-                limit,
-                used: 0,
-                remaining: limit,
-                retry_after_secs: if limit > 0 { 0 } else { WINDOW_SECS },
+        self.windows.with_existing_window(key_id, now, |window, now_ms| {
+            let Some(window) = window else {
+                return TpmDecision {
+                    allowed: limit > 0,
+                    limit,
+                    used: 0,
+                    remaining: limit,
+                    retry_after_secs: if limit > 0 { 0 } else { WINDOW_SECS },
+                };
             };
-        };
-        window.advance(bucket);
-        let used = window.total;
-        if used < limit {
-            TpmDecision { allowed: true, limit, used, remaining: limit - used, retry_after_secs: 0 }
-        } else {
-            let wait = if limit == 0 { WINDOW_SECS } else { window.secs_until_freed(used - limit + 1, now_ms) };
-            TpmDecision { allowed: false, limit, used, remaining: 0, retry_after_secs: wait }
-        }
+            let used = window.total();
+            if used < limit {
+                TpmDecision { allowed: true, limit, used, remaining: limit - used, retry_after_secs: 0 }
+            } else {
+                let wait = if limit == 0 { WINDOW_SECS } else { window.secs_until_freed(used - limit + 1, now_ms) };
+                TpmDecision { allowed: false, limit, used, remaining: 0, retry_after_secs: wait }
+            }
+        })
     }
 
     /// Counts a settled request's tokens (prompt + completion) at `now`.
@@ -151,18 +88,7 @@ impl TokenRateLimiter {
         if tokens == 0 {
             return;
         }
-        let (bucket, _) = self.bucket(now);
-        let mut shard = self.shard(key_id);
-        if bucket >= shard.last_sweep + BUCKETS {
-            shard.windows.retain(|_, w| w.head + BUCKETS > bucket);
-            shard.last_sweep = bucket;
-        }
-        let window = shard.windows.entry(key_id).or_insert_with(|| Window::new(bucket));
-        window.advance(bucket);
-        let head = window.head;
-        let slot = &mut window.counts[(head % BUCKETS) as usize];
-        *slot = slot.saturating_add(tokens);
-        window.total = window.total.saturating_add(tokens);
+        self.windows.with_window(key_id, now, |window, _| window.add(tokens));
     }
 }
 
