@@ -109,8 +109,7 @@ fn metrics_are_exported() {
     let gw = Gateway::start();
     let (_, key) = gw.account_with_key("1");
     assert_eq!(gw.chat(&key, hello("mock/echo-1")).status(), 200);
-    let m = gw.metrics();
-    for series in [
+    let series = [
         "tollgate_requests_total",
         "tollgate_tokens_total",
         "tollgate_cost_nano_usd_total",
@@ -118,10 +117,19 @@ fn metrics_are_exported() {
         "tollgate_time_to_first_token_seconds",
         "tollgate_active_streams",
         "tollgate_config_reloads_total",
-    ] {
-        assert!(m.contains(series), "{series} missing from /metrics");
+        r#"model="mock/echo-1""#,
+    ];
+    // A request is counted in Pingora's logging phase, which runs after the client has its
+    // answer: wait for it (briefly) rather than race it.
+    let start = std::time::Instant::now();
+    let mut m = gw.metrics();
+    while series.iter().any(|s| !m.contains(s)) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        m = gw.metrics();
     }
-    assert!(m.contains(r#"model="mock/echo-1""#));
+    for s in series {
+        assert!(m.contains(s), "{s} missing from /metrics");
+    }
 }
 
 #[test]
