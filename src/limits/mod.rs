@@ -3,11 +3,11 @@
 //! ([`tokens::TokenRateLimiter`], 429 as well) and daily/monthly spend caps of keys and the
 //! monthly cap of accounts ([`spend::SpendCaps`], answered with 402 `spend_cap_exceeded`).
 //!
-//! Both are pure in-memory structures that take the current time as a parameter, so the proxy
-//! owns the clock and the tests can move it. They return data; the proxy shapes the answers and
+//! All three are pure in-memory structures that take the current time as a parameter, so the
+//! proxy owns the clock and the tests can move it. They return data; the proxy shapes the answers and
 //! headers.
 //!
-//! Both key their state by key id in a fixed number of shards, each behind its own lock, so two
+//! All three key their state by key id in a fixed number of shards, each behind its own lock, so two
 //! requests on different keys rarely touch the same lock and one key's lock is held only for a
 //! few integer operations.
 //!
