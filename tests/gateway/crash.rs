@@ -288,12 +288,7 @@ fn a_graceful_stop_leaves_a_store_that_needs_no_repair() {
     let (_, key) = gw.account_with_key("1");
     assert_eq!(gw.chat(&key, hello("mock/echo-1")).status(), 200);
     gw.signal("TERM");
-    let start = Instant::now();
-    let proc = gw.proc.as_mut().unwrap();
-    while proc.child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(15), "the gateway did not exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gw.proc.as_mut().unwrap().wait_exit(Duration::from_secs(15));
     let config = gw.config_path.to_str().unwrap().to_string();
     let (lines, out) = export(&["--config", &config], &gw.dir.join("after-term.jsonl"));
     assert!(!out.contains(REPAIRED) && !out.contains("repairing"), "{out}");

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn check_accepts_a_good_config_and_lists_every_error_of_a_bad_one() {
@@ -48,16 +48,8 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
         assert_eq!(h.join().unwrap().unwrap(), 200, "the request in flight finished");
     });
     // It exits soon after the drain, well before the 10 s grace period.
-    let start = Instant::now();
-    let child = &mut gw.proc.as_mut().unwrap().child;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "did not exit after draining");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = gw.proc.as_mut().unwrap().wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
 }
 
 /// SIGTERM during a stream: the stream completes, the process exits once it is done (well
@@ -85,16 +77,8 @@ fn sigterm_during_a_stream_finishes_it_and_records_its_charge() {
         h.join().unwrap()
     });
     assert!(body.contains("[DONE]"), "the stream completed: {body}");
-    let start = Instant::now();
-    let child = &mut gw.proc.as_mut().unwrap().child;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "did not exit after draining");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = gw.proc.as_mut().unwrap().wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
     gw.proc = None;
     // What a restart reads back from the ledger: the stream's charge, exactly once.
     gw.spawn();

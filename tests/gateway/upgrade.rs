@@ -227,17 +227,6 @@ fn spawn_upgrade(gw: &Gateway, tag: &str) -> (Proc, PathBuf) {
     (Proc { child }, log)
 }
 
-fn wait_exit(proc: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < timeout, "the old process did not exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn journals(data: &Path) -> Vec<String> {
     std::fs::read_dir(data)
         .unwrap()
@@ -309,7 +298,7 @@ fn an_upgrade_under_load_fails_nothing_and_bills_exactly() {
     assert!(across >= 1, "no stream was in flight on the old process when it handed the store over");
 
     // The old process exits by itself, once its streams are done.
-    let a_status = wait_exit(gw.proc.as_mut().unwrap(), Duration::from_secs(20));
+    let a_status = gw.proc.as_mut().unwrap().wait_exit(Duration::from_secs(20));
     assert!(a_status.success(), "old process: {a_status:?}");
     gw.proc = None;
     let a_text = std::fs::read_to_string(&a_log).unwrap();
