@@ -3,37 +3,15 @@
 //! to the upstream's events (the model renamed, the gateway's own usage chunk dropped).
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tollgate::metering::{OpenAiStreamMeter, SseDecoder, SseEvent, StreamMeter};
-use tollgate::providers::completions::ChatToCompletionStream;
+use tollgate::metering::{OpenAiStreamMeter, SseDecoder, SseEvent};
 use tollgate::providers::openai;
-use tollgate_fuzz::{is_json, lossy, Split};
+use tollgate_fuzz::{assert_same_metering, is_json, lossy, meter, Metered, Split};
 
 const SLUG: &str = "openai/gpt-4o-mini";
 
-struct Run {
-    out: Vec<u8>,
-    usage: Option<tollgate::metering::Usage>,
-    id: Option<String>,
-    estimate: u64,
-}
-
-fn run(chunks: &[&[u8]], strip: bool, legacy: bool) -> Run {
-    let meter = OpenAiStreamMeter::new(SLUG, strip);
-    let mut stream: Box<dyn StreamMeter> =
-        if legacy { Box::new(ChatToCompletionStream::new(Box::new(meter))) } else { Box::new(meter) };
-    let mut out = BytesMut::new();
-    for chunk in chunks {
-        stream.on_bytes(chunk, &mut out);
-    }
-    stream.on_end(&mut out);
-    Run {
-        out: out.to_vec(),
-        usage: stream.usage(),
-        id: stream.response_id().map(str::to_owned),
-        estimate: stream.estimated_completion_tokens(),
-    }
+fn run(chunks: &[&[u8]], strip: bool, legacy: bool) -> Metered {
+    meter(Box::new(OpenAiStreamMeter::new(SLUG, strip)), legacy, chunks)
 }
 
 fn decode(bytes: &[u8]) -> Vec<SseEvent> {
@@ -50,9 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let legacy = split.flags & 2 != 0;
     let whole = run(&[split.stream], strip, legacy);
     for chunks in [split.chunks(), split.bytes()] {
-        let other = run(&chunks, strip, legacy);
-        assert!(other.out == whole.out, "output depends on the reads:\n{}\n---\n{}", lossy(&whole.out), lossy(&other.out));
-        assert_eq!((other.usage, &other.id, other.estimate), (whole.usage, &whole.id, whole.estimate));
+        assert_same_metering(&whole, &run(&chunks, strip, legacy));
     }
     if legacy {
         return;

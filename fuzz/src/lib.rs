@@ -90,3 +90,48 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
+
+/// What a stream meter made of one sequence of reads.
+pub struct Metered {
+    pub out: Vec<u8>,
+    pub usage: Option<tollgate::metering::Usage>,
+    pub id: Option<String>,
+    pub estimate: u64,
+}
+
+/// Feeds `chunks` to `inner` (behind the legacy-completions re-framer when `legacy`), ends the
+/// stream, and collects what the client got and what was metered.
+pub fn meter(inner: Box<dyn tollgate::metering::StreamMeter>, legacy: bool, chunks: &[&[u8]]) -> Metered {
+    let mut stream = if legacy { Box::new(tollgate::providers::completions::ChatToCompletionStream::new(inner)) } else { inner };
+    let mut out = bytes::BytesMut::new();
+    for chunk in chunks {
+        stream.on_bytes(chunk, &mut out);
+    }
+    stream.on_end(&mut out);
+    Metered {
+        out: out.to_vec(),
+        usage: stream.usage(),
+        id: stream.response_id().map(str::to_owned),
+        estimate: stream.estimated_completion_tokens(),
+    }
+}
+
+/// Asserts that the same stream, read as `other`, gave the client and the meter exactly what it
+/// did read as `whole`.
+pub fn assert_same_metering(whole: &Metered, other: &Metered) {
+    assert!(other.out == whole.out, "output depends on the reads:\n{}\n---\n{}", lossy(&whole.out), lossy(&other.out));
+    assert_eq!((other.usage, &other.id, other.estimate), (whole.usage, &whole.id, whole.estimate));
+}
+
+/// Asserts that a translated stream ends as a client expects: on `[DONE]` with no error event
+/// before it, or on exactly one error event. `events` are `out`'s (see [`assert_openai_sse`]).
+pub fn assert_ends_once(events: &[&[u8]], out: &[u8]) {
+    let last = events.last().expect("a stream always ends with [DONE] or an error event");
+    let errors = events.iter().filter(|e| e.starts_with(b"{\"error\"")).count();
+    if *last == b"[DONE]" {
+        assert_eq!(errors, 0, "{}", lossy(out));
+    } else {
+        assert!(last.starts_with(b"{\"error\""), "the stream ended on neither [DONE] nor an error: {}", lossy(out));
+        assert_eq!(errors, 1, "{}", lossy(out));
+    }
+}
