@@ -186,16 +186,11 @@ impl RequestCtx {
 /// A short random id for `X-Request-Id`.
 pub fn new_request_id() -> String {
     // 96 random bits as 24 hex digits, written by hand (no formatting machinery per request).
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (hi, lo): (u32, u64) = (rand::random(), rand::random());
     let mut id = String::with_capacity(28);
     id.push_str("req-");
-    for i in (0..8).rev() {
-        id.push(HEX[((hi >> (i * 4)) & 0xf) as usize] as char);
-    }
-    for i in (0..16).rev() {
-        id.push(HEX[((lo >> (i * 4)) & 0xf) as usize] as char);
-    }
+    crate::store::push_hex_digits(&mut id, u64::from(hi), 8);
+    crate::store::push_hex_digits(&mut id, lo, 16);
     id
 }
 

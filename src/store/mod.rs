@@ -662,8 +662,12 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 
 /// `n` in lower-case hex, without leading zeros.
 pub fn push_hex(out: &mut String, n: u64) {
+    push_hex_digits(out, n, (64 - n.leading_zeros()).div_ceil(4).max(1));
+}
+
+/// The low `digits` hex digits of `n`, lower case, zero-padded (ids written per request).
+pub fn push_hex_digits(out: &mut String, n: u64, digits: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
         out.push(HEX[((n >> (i * 4)) & 0xf) as usize] as char);
     }
