@@ -41,7 +41,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use std::time::Instant;
+// Pingora's timer (10 ms ticks, shared per tick): a tokio timer registered per request wakes
+// the runtime's I/O driver (an eventfd write and a context switch) whenever it is the earliest.
+use pingora::time::fast_timeout::fast_timeout;
 
 /// The proxy app behind the per-connection defences.
 pub struct Front<A> {
@@ -189,7 +192,7 @@ async fn read_head(s: &mut Prefixed, limits: &Limits, fresh: bool, shutdown: &mu
         let idle = if fresh { limits.header_timeout } else { limits.keepalive_timeout };
         tokio::select! {
             biased;
-            r = tokio::time::timeout(idle, s.fill_first()) => match r {
+            r = fast_timeout(idle, s.fill_first()) => match r {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Close,
             },
@@ -209,7 +212,7 @@ async fn read_head(s: &mut Prefixed, limits: &Limits, fresh: bool, shutdown: &mu
             Scan::Refuse(e) => return Next::Refuse(e),
             Scan::Partial => {}
         }
-        match tokio::time::timeout_at(deadline, s.fill()).await {
+        match fast_timeout(deadline.saturating_duration_since(Instant::now()), s.fill()).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Next::Close,
             Err(_) => {

@@ -85,7 +85,8 @@ impl Watchdog {
                     if Instant::now() >= at {
                         return kind;
                     }
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    // Pingora's shared 10 ms-tick timer, not a tokio timer per attempt: see front.rs.
+                    pingora::time::fast_timeout::fast_sleep(at.saturating_duration_since(Instant::now())).await;
                     // Re-read: the deadline may have moved while this slept.
                     if let Some((now_at, now_kind)) = self.get() {
                         if Instant::now() >= now_at {
