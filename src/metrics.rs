@@ -11,7 +11,8 @@ use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
     Encoder, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
-use std::sync::LazyLock;
+use prometheus::{Histogram, IntCounter};
+use std::sync::{LazyLock, OnceLock};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -132,6 +133,93 @@ pub static TLS_CERT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// The per-request metrics of one model as one route serves it (slug, provider), looked up in
+/// the registry the first time and kept: `with_label_values` hashes every label and takes a
+/// lock, five times a request otherwise. Lives in the config snapshot's `Model`, so a reload
+/// that renames things starts with an empty cache.
+#[derive(Default)]
+pub struct RouteMetrics(OnceLock<(String, String, RouteHandles)>);
+
+pub struct RouteHandles {
+    pub tokens_in: IntCounter,
+    pub tokens_out: IntCounter,
+    pub cost: IntCounter,
+    pub upstream_latency: Histogram,
+    pub ttft: Histogram,
+    /// `tollgate_requests_total` with status 200, for the first route kind counted (a model
+    /// is nearly always reached through one endpoint).
+    ok_requests: OnceLock<(&'static str, IntCounter)>,
+}
+
+impl RouteHandles {
+    fn lookup(model: &str, provider: &str) -> RouteHandles {
+        let labels = [model, provider];
+        RouteHandles {
+            tokens_in: TOKENS.with_label_values(&[model, provider, "input"]),
+            tokens_out: TOKENS.with_label_values(&[model, provider, "output"]),
+            cost: COST.with_label_values(&labels),
+            upstream_latency: UPSTREAM_LATENCY.with_label_values(&labels),
+            ttft: TTFT.with_label_values(&labels),
+            ok_requests: OnceLock::new(),
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// The handles for `(model, provider)`: cached ones when they were made for exactly these
+    /// labels, else looked up afresh (never a count under the wrong labels).
+    pub fn get(&self, model: &str, provider: &str) -> std::borrow::Cow<'_, RouteHandles> {
+        let (m, p, handles) = self.0.get_or_init(|| (model.to_string(), provider.to_string(), RouteHandles::lookup(model, provider)));
+        if m == model && p == provider {
+            std::borrow::Cow::Borrowed(handles)
+        } else {
+            std::borrow::Cow::Owned(RouteHandles::lookup(model, provider))
+        }
+    }
+}
+
+/// Counts one answered request in `tollgate_requests_total`.
+pub fn count_request(route: &'static str, model: Option<&crate::config::Model>, provider: &str, status: &'static str) {
+    let slug = model.map_or("", |m| m.slug.as_str());
+    if let (Some(m), "200") = (model, status) {
+        let handles = m.metrics.get(slug, provider);
+        let (cached_route, counter) = handles
+            .ok_requests
+            .get_or_init(|| (route, REQUESTS.with_label_values(&[route, slug, provider, status])));
+        if *cached_route == route {
+            counter.inc();
+            return;
+        }
+    }
+    REQUESTS.with_label_values(&[route, slug, provider, status]).inc();
+}
+
+impl Clone for RouteHandles {
+    fn clone(&self) -> Self {
+        RouteHandles {
+            tokens_in: self.tokens_in.clone(),
+            tokens_out: self.tokens_out.clone(),
+            cost: self.cost.clone(),
+            upstream_latency: self.upstream_latency.clone(),
+            ttft: self.ttft.clone(),
+            ok_requests: OnceLock::new(),
+        }
+    }
+}
+
+/// A copy starts empty: a model is cloned into its routes' views, each with its own provider.
+impl Clone for RouteMetrics {
+    fn clone(&self) -> Self {
+        RouteMetrics::default()
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
 
 pub fn config_reload(result: &str) {
     CONFIG_RELOADS.with_label_values(&[result]).inc();

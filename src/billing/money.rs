@@ -38,16 +38,49 @@ pub fn parse_usd(text: &str) -> Result<Nano, String> {
 /// Formats nano-USD as a plain decimal USD string with no trailing zeros and no exponent:
 /// 1_500_000_000 → "1.5", 1 → "0.000000001", -2_000_000_000 → "-2", 0 → "0".
 pub fn format_usd(n: Nano) -> String {
+    let mut out = String::with_capacity(24);
+    push_usd(&mut out, n);
+    out
+}
+
+/// [`format_usd`] appended to `out`: digit by digit, with no formatting machinery or
+/// temporary strings (it runs for every request's access-log line).
+pub fn push_usd(out: &mut String, n: Nano) {
     // unsigned_abs so i64::MIN does not overflow.
     let abs = n.unsigned_abs();
     let whole = abs / NANO_PER_USD as u64;
-    let frac = abs % NANO_PER_USD as u64;
-    let sign = if n < 0 { "-" } else { "" };
-    if frac == 0 {
-        return format!("{sign}{whole}");
+    let mut frac = abs % NANO_PER_USD as u64;
+    if n < 0 {
+        out.push('-');
     }
-    let digits = format!("{frac:09}");
-    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+    push_decimal(out, whole);
+    if frac == 0 {
+        return;
+    }
+    // The nine fraction digits, then the trailing zeros dropped.
+    let mut digits = [b'0'; DECIMALS];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    let len = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+    out.push('.');
+    out.extend(digits[..len].iter().map(|&d| d as char));
+}
+
+/// `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 /// A JSON number for an amount shown to clients.
@@ -259,6 +292,33 @@ mod tests {
             -i64::MAX,
         ] {
             assert_eq!(parse_usd(&format_usd(n)), Ok(n));
+        }
+    }
+
+    #[test]
+    fn push_usd_matches_the_formatted_decimal() {
+        // The plain formatting-machinery version, as the reference.
+        fn reference(n: Nano) -> String {
+            let abs = n.unsigned_abs();
+            let (whole, frac) = (abs / NANO_PER_USD as u64, abs % NANO_PER_USD as u64);
+            let sign = if n < 0 { "-" } else { "" };
+            if frac == 0 {
+                return format!("{sign}{whole}");
+            }
+            format!("{sign}{whole}.{}", format!("{frac:09}").trim_end_matches('0'))
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut cases = vec![0, 1, -1, 10, 100_000_000, 120_000_000, NANO_PER_USD, i64::MAX, i64::MIN, -i64::MAX];
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push((x as i64) >> (x % 60));
+        }
+        for n in cases {
+            let mut out = String::from("prefix:");
+            push_usd(&mut out, n);
+            assert_eq!(out, format!("prefix:{}", reference(n)), "{n}");
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Upstream {
     pub authority: String,
     /// Path prefix from `base_url` without a trailing slash, e.g. `/v1`.
     pub path_prefix: String,
+    /// `authority` as a header value, built once (every request sends it as Host).
+    pub host_header: http::HeaderValue,
 }
 
 #[derive(Debug)]
@@ -60,6 +62,9 @@ pub struct Provider {
     pub upstream: Upstream,
     /// The resolved secret; never logged, never shown.
     pub api_key: Option<String>,
+    /// The header carrying `api_key` in this provider's wire format (`Authorization: Bearer …`,
+    /// `x-api-key`, `x-goog-api-key`), built once and marked sensitive.
+    pub credential_header: Option<(http::HeaderName, http::HeaderValue)>,
     pub enabled: bool,
     /// Why a provider is off, for the startup log and `/models` filtering.
     pub disabled_reason: Option<String>,
@@ -166,6 +171,8 @@ pub struct Model {
     pub total_timeout: Option<Duration>,
     /// Whether `model: "auto"` may pick it.
     pub auto: bool,
+    /// This model's metric handles as one route serves it (filled on first use).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Model {

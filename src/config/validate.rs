@@ -674,11 +674,20 @@ fn provider(
     if p.http2.is_some() && !upstream.tls {
         errs.push(format!("{path}.http2"), "only for an https:// base_url (HTTP/2 is offered by TLS ALPN)");
     }
+    let credential_header = match api_key.as_deref().map(|key| crate::proxy::upstream_headers::credential(kind, key)) {
+        Some(Err(e)) => {
+            errs.push(format!("{path}.api_key_env"), e);
+            None
+        }
+        Some(Ok(header)) => Some(header),
+        None => None,
+    };
     Some(Provider {
         name: name.to_string(),
         kind,
         upstream,
         api_key,
+        credential_header,
         enabled,
         disabled_reason,
         connect_timeout: timeout("connect_timeout_secs", p.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT, errs),
@@ -710,7 +719,9 @@ pub fn parse_base_url(url: &str) -> Result<Upstream, String> {
     if uri.query().is_some() {
         return Err(format!("'{url}' must not have a query string"));
     }
+    let host_header = http::HeaderValue::from_str(&authority).map_err(|_| format!("'{url}' has a host that cannot be a Host header"))?;
     Ok(Upstream {
+        host_header,
         tls,
         host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
         port,
@@ -815,6 +826,7 @@ fn model(path: &str, m: &ModelFile, errs: &mut Errors) -> Option<Model> {
         max_attempts: None,
         total_timeout: None,
         auto: true,
+        metrics: Default::default(),
     })
 }
 

@@ -104,18 +104,36 @@ pub fn rewrite_chat_request(body: &[u8], upstream_model: &str, add_include_usage
 /// reads its usage. A body that is not a JSON object (an HTML error page, say) comes back
 /// unchanged with no usage. A body without `model` (an error object) gets none added.
 pub fn rewrite_chat_response(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>) {
+    let (out, usage, _) = rewrite_chat_response_with_id(body, slug);
+    (out, usage)
+}
+
+/// [`rewrite_chat_response`], plus the body's top-level `id` (as [`response_id`] would read
+/// it) from the same scan.
+pub fn rewrite_chat_response_with_id(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>, Option<String>) {
     let mut model = Vec::with_capacity(slug.len() + 2);
     json_scan::write_json_string(&mut model, slug);
     match plan_response_edits(body) {
-        Ok((edits, usage)) => (apply_edits(body, &edits, &model), usage),
-        Err(_) => (body.to_vec(), None),
+        Ok(plan) => (apply_edits(body, &plan.edits, &model), plan.usage, plan.id),
+        Err(_) => (body.to_vec(), None, None),
     }
 }
 
 /// The top-level `id` of a response or chunk (`chatcmpl-...`), if it is a string.
 pub fn response_id(body: &[u8]) -> Option<String> {
     let member = json_scan::find_member(body, "id").ok()??;
-    serde_json::from_slice(member.value(body)).ok()
+    string_value(member.value(body))
+}
+
+/// A JSON string value's text; None for any other value. Ids are plain ASCII: the common case
+/// is sliced out without serde.
+fn string_value(json: &[u8]) -> Option<String> {
+    match json {
+        [b'"', inner @ .., b'"'] if !inner.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) => {
+            std::str::from_utf8(inner).ok().map(str::to_string)
+        }
+        _ => serde_json::from_slice(json).ok(),
+    }
 }
 
 /// Reads an OpenAI `usage` object. `None` for `null` or anything malformed.
@@ -520,18 +538,29 @@ fn plan_include_usage(body: &[u8], open: usize, edits: &mut Vec<Edit>) -> Result
     Ok(())
 }
 
-fn plan_response_edits(body: &[u8]) -> Result<(Vec<Edit>, Option<Usage>), ScanError> {
-    let mut edits = Vec::new();
-    let mut usage = None;
+/// What one scan of a response finds: where `model` is, the usage, the first `id`.
+struct ResponsePlan {
+    edits: Vec<Edit>,
+    usage: Option<Usage>,
+    id: Option<String>,
+}
+
+fn plan_response_edits(body: &[u8]) -> Result<ResponsePlan, ScanError> {
+    let mut plan = ResponsePlan { edits: Vec::new(), usage: None, id: None };
+    let mut id_seen = false;
     let mut scanner = ObjectScanner::new(body)?;
     while let Some(member) = scanner.next_member()? {
         if member.key_is(body, "model") {
-            edits.push(Edit { at: member.value, with: Insert::Model });
+            plan.edits.push(Edit { at: member.value, with: Insert::Model });
         } else if member.key_is(body, "usage") {
-            usage = parse_usage(member.value(body));
+            plan.usage = parse_usage(member.value(body));
+        } else if !id_seen && member.key_is(body, "id") {
+            // The first `id` member, like `find_member`.
+            id_seen = true;
+            plan.id = string_value(member.value(body));
         }
     }
-    Ok((edits, usage))
+    Ok(plan)
 }
 
 fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8]) -> Vec<u8> {

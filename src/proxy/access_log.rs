@@ -68,9 +68,7 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
         None => ("", ""),
     };
     let status = ctx.status;
-    metrics::REQUESTS
-        .with_label_values(&[ctx.route_label, model, provider, status_label(status)])
-        .inc();
+    metrics::count_request(ctx.route_label, ctx.inference.as_ref().map(|i| &*i.model), provider, status_label(status));
     let req = session.req_header();
     // Written by hand into one buffer: a serde_json::Value map per request cost more than the
     // rest of the logging phase together.
@@ -99,7 +97,13 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
     line.num("tokens_prompt", settled.usage.prompt_tokens);
     line.num("tokens_completion", settled.usage.completion_tokens);
     line.raw("usage_estimated", if settled.estimated { "true" } else { "false" });
-    line.text("cost_usd", &money::format_usd(settled.cost));
+    line.key("cost_usd");
+    // A decimal is only digits, '-' and '.': nothing to escape.
+    let mut usd = String::with_capacity(24);
+    money::push_usd(&mut usd, settled.cost);
+    line.0.push(b'"');
+    line.0.extend_from_slice(usd.as_bytes());
+    line.0.push(b'"');
     match ctx.error.as_ref() {
         Some(e) => line.text("error", e.code),
         None => line.raw("error", "null"),
@@ -111,10 +115,12 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
 struct Line(Vec<u8>);
 
 impl Line {
+    /// `name` is one of this file's field names: plain ASCII, so it is written unescaped.
     fn key(&mut self, name: &str) {
         self.0.push(if self.0.is_empty() { b'{' } else { b',' });
-        write_json_string(&mut self.0, name);
-        self.0.push(b':');
+        self.0.push(b'"');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b"\":");
     }
     fn num(&mut self, name: &str, n: u64) {
         self.key(name);

@@ -5,7 +5,6 @@ use super::ctx::{Attempt, Inference, RequestCtx, Routing};
 use super::watchdog::earliest;
 use crate::api::error::ApiError;
 use crate::app::App;
-use crate::metrics;
 use crate::store::records::AttemptRecord;
 use bytes::Bytes;
 use std::time::Instant;
@@ -71,10 +70,7 @@ fn record(routing: &Routing, a: &Attempt, status: u16, end: Instant, error: Opti
 }
 
 fn count(routing: &Routing, a: &Attempt, result: &str) {
-    let c = &routing.plan.candidates[a.index];
-    metrics::ROUTE_ATTEMPTS
-        .with_label_values(&[c.route.provider.as_str(), c.route.model.upstream_model.as_str(), result])
-        .inc();
+    routing.plan.candidates[a.index].route.health.count_attempt(result);
 }
 
 /// The attempt in progress failed in a way that counts against its route (connect error,

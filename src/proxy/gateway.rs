@@ -106,7 +106,7 @@ impl ProxyHttp for Gateway {
             let up = &provider.upstream;
             let t = inf.timeouts;
             let connect = t.connect.min(watchdog::remaining(attempt.deadline, now));
-            let resolved = tokio::time::timeout(connect, self.resolver.resolve(&up.host, up.port)).await;
+            let resolved = pingora::time::fast_timeout::fast_timeout(connect, self.resolver.resolve(&up.host, up.port)).await;
             let addr = match resolved {
                 Ok(Ok(addr)) => addr,
                 // An unresolvable provider is a failed route like a refused connection: the next

@@ -152,7 +152,7 @@ fn is_json_type(essence: &[u8]) -> bool {
 /// Read the whole body within `limit` bytes and `body_timeout` (408 after it).
 pub async fn read_body(session: &mut Session, limit: u64, limits: &Limits) -> Result<Bytes, ApiError> {
     let within = limits.body_timeout;
-    match tokio::time::timeout(within, super::read_body::read_body(session, limit)).await {
+    match pingora::time::fast_timeout::fast_timeout(within, super::read_body::read_body(session, limit)).await {
         Ok(r) => r,
         Err(_) => {
             crate::metrics::count_refusal("body_timeout");

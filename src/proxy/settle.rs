@@ -9,7 +9,6 @@ use crate::app::App;
 use crate::billing::money::Nano;
 use crate::billing::pricing::{self, Units};
 use crate::metering::{estimate, usage::Usage};
-use crate::metrics;
 use crate::store::records::GenerationRecord;
 use pingora::Error;
 
@@ -78,10 +77,10 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
 
     if let (Some(start), Some(header)) = (ctx.upstream_start, ctx.upstream_header) {
         let end = ctx.upstream_end.unwrap_or_else(std::time::Instant::now);
-        let labels = [model.slug.as_str(), provider.name.as_str()];
-        metrics::UPSTREAM_LATENCY.with_label_values(&labels).observe(end.duration_since(start).as_secs_f64());
+        let handles = model.metrics.get(&model.slug, &provider.name);
+        handles.upstream_latency.observe(end.duration_since(start).as_secs_f64());
         let first = ctx.first_body_byte.unwrap_or(header);
-        metrics::TTFT.with_label_values(&labels).observe(first.duration_since(start).as_secs_f64());
+        handles.ttft.observe(first.duration_since(start).as_secs_f64());
     }
 
     match (upstream_ok, ctx.units, reservation) {
@@ -104,10 +103,10 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             if e.is_some() && record.error.is_none() {
                 record.error = e.map(|e| e.etype().as_str().to_string());
             }
-            let labels = [model.slug.as_str(), provider.name.as_str()];
-            metrics::TOKENS.with_label_values(&[labels[0], labels[1], "input"]).inc_by(usage.prompt_tokens);
-            metrics::TOKENS.with_label_values(&[labels[0], labels[1], "output"]).inc_by(usage.completion_tokens);
-            metrics::COST.with_label_values(&labels).inc_by(cost.max(0) as u64);
+            let handles = model.metrics.get(&model.slug, &provider.name);
+            handles.tokens_in.inc_by(usage.prompt_tokens);
+            handles.tokens_out.inc_by(usage.completion_tokens);
+            handles.cost.inc_by(cost.max(0) as u64);
             app.ledger.settle(reservation, cost, record);
             let now = crate::store::now_secs();
             for hold in [spend_hold, account_hold].into_iter().flatten() {

@@ -53,24 +53,40 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
         pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e)
     })?);
     req.set_method(http::Method::POST);
-    req.insert_header(http::header::HOST, up.authority.as_str())?;
-    req.insert_header(http::header::CONTENT_LENGTH, inf.upstream_body_len.to_string())?;
+    req.insert_header(http::header::HOST, up.host_header.clone())?;
+    req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(inf.upstream_body_len))?;
     let content_type = inf.content_type.as_deref().unwrap_or("application/json");
     req.insert_header(http::header::CONTENT_TYPE, content_type)?;
     if inf.provider.kind == ProviderKind::Anthropic {
         req.insert_header("anthropic-version", crate::providers::anthropic::API_VERSION)?;
     }
-    // The account's own key (BYOK) replaces the gateway's.
-    if let Some(key) = inf.byok_key.as_deref().or(inf.provider.api_key.as_deref()) {
-        match inf.provider.kind {
-            ProviderKind::OpenAi | ProviderKind::Mock => {
-                req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))?
+    // The account's own key (BYOK) replaces the gateway's, whose header was built at load.
+    match inf.byok_key.as_deref() {
+        Some(key) => {
+            let (name, value) = credential(inf.provider.kind, key)
+                .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+            req.insert_header(name, value)?;
+        }
+        None => {
+            if let Some((name, value)) = &inf.provider.credential_header {
+                req.insert_header(name.clone(), value.clone())?;
             }
-            ProviderKind::Anthropic => req.insert_header("x-api-key", key)?,
-            ProviderKind::Gemini => req.insert_header("x-goog-api-key", key)?,
         }
     }
     Ok(())
+}
+
+/// The header that carries `key` to a provider of `kind`, marked sensitive (kept out of
+/// debug output and HPACK tables).
+pub fn credential(kind: ProviderKind, key: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (name, value) = match kind {
+        ProviderKind::OpenAi | ProviderKind::Mock => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+        ProviderKind::Anthropic => (http::HeaderName::from_static("x-api-key"), key.to_string()),
+        ProviderKind::Gemini => (http::HeaderName::from_static("x-goog-api-key"), key.to_string()),
+    };
+    let mut value = http::HeaderValue::try_from(value).map_err(|_| "the key is not a valid header value".to_string())?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

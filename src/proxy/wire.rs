@@ -200,8 +200,7 @@ pub fn response(
 fn chat_response(kind: ProviderKind, body: &[u8], slug: &str, json_mode: bool) -> Result<Answer, TranslateFailure> {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Mock => {
-            let (out, usage) = openai::rewrite_chat_response(body, slug);
-            let id = openai::response_id(&out);
+            let (out, usage, id) = openai::rewrite_chat_response_with_id(body, slug);
             Ok(Answer { body: out, units: usage.map(Units::Tokens), id })
         }
         ProviderKind::Anthropic => {

@@ -87,6 +87,9 @@ pub struct RouteHealth {
     pub ejections: AtomicU64,
     /// Exponentially weighted time to the response header, microseconds (0 = never measured).
     latency_us: AtomicU64,
+    /// `tollgate_route_attempts_total{result="success"}` of this route, looked up once (it is
+    /// counted on every request).
+    success_metric: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 impl RouteHealth {
@@ -100,6 +103,16 @@ impl RouteHealth {
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
+            success_metric: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts one attempt in `tollgate_route_attempts_total` under `result`.
+    pub fn count_attempt(&self, result: &str) {
+        let lookup = || crate::metrics::ROUTE_ATTEMPTS.with_label_values(&[self.key.provider.as_str(), self.key.upstream_model.as_str(), result]);
+        match result {
+            "success" => self.success_metric.get_or_init(lookup).inc(),
+            _ => lookup().inc(),
         }
     }
 
