@@ -308,6 +308,14 @@ impl Store {
         }
     }
 
+    /// Applies `ops` in one fsync'd transaction on the calling thread: the writer thread's own
+    /// commit of a batch, minus the channel. Only for benches (`benches/store_writer.rs`);
+    /// everything else goes through [`start_writer`](Self::start_writer).
+    #[doc(hidden)]
+    pub fn commit_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        writer::commit(&*self.db()?, ops)
+    }
+
     /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
     /// entry is decoded once at startup.
     pub fn load_state(&self) -> Result<LoadedState, StoreError> {

@@ -419,7 +419,7 @@ fn write_batch(
 }
 
 /// One write transaction for all `ops`, fsync'd. On error the transaction is dropped (aborted).
-fn commit(db: &Database, ops: &[WriteOp]) -> Result<(), StoreError> {
+pub(super) fn commit(db: &Database, ops: &[WriteOp]) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     apply(&txn, ops)?;
