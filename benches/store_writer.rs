@@ -5,6 +5,8 @@
 //!
 //! The store is pre-filled (STORE_BENCH_PREFILL records, default 100,000) and keeps growing
 //! while measured: a gateway's tables are large, and leaf splits and dirty pages depend on it.
+//! STORE_BENCH_BODY_IDS=random|mock|none chooses the upstream body ids (see [`BodyIds`]): with
+//! random ones, like a real provider's, the GENERATION_BY_BODY index costs most of the rest.
 //! One criterion iteration is ONE request's op; ops are committed in batches of [`BATCH`].
 //! `thread CPU` is the committing thread's CPU time, user + system (what the writer thread
 //! costs the machine); wall time adds the fdatasync wait, which depends on the disk. Before
@@ -19,6 +21,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tollgate::store::records::AttemptRecord;
+use tollgate::store::tables::{decode, encode, encode_into};
 use tollgate::store::{new_generation_id, now_millis, now_secs, GenerationRecord, LedgerEntry, LedgerKind, Store, WriteOp};
 
 // The gateway's allocator (src/main.rs): the writer's allocations cost what they cost there.
@@ -41,13 +44,31 @@ impl Drop for TempDir {
 /// Makes the ops of successive requests, as `proxy::settle` and `Ledger::settle` build them.
 struct Requests {
     seq: u64,
+    body_ids: BodyIds,
+}
+
+/// The upstream body ids the requests carry (STORE_BENCH_BODY_IDS). Each is a key of the
+/// GENERATION_BY_BODY index, and where it lands in that table decides most of the cost.
+#[derive(Clone, Copy, Debug)]
+enum BodyIds {
+    /// `random` (default): "chatcmpl-" and 29 random characters, like OpenAI's. Every insert
+    /// lands in a random leaf of the index, so a commit dirties about one leaf per request.
+    Random,
+    /// `mock`: "chatcmpl-mock-<n>", like the in-process mock: nearly in key order.
+    Mock,
+    /// `none`: no body id, no index row (a provider response without an `id`).
+    None,
 }
 
 impl Requests {
     fn next(&mut self) -> WriteOp {
         self.seq += 1;
         let mut rng = rand::rng();
-        let body_id: String = "chatcmpl-".chars().chain((0..29).map(|_| rng.sample(rand::distr::Alphanumeric) as char)).collect();
+        let body_id = match self.body_ids {
+            BodyIds::Random => "chatcmpl-".chars().chain((0..29).map(|_| rng.sample(rand::distr::Alphanumeric) as char)).collect(),
+            BodyIds::Mock => format!("chatcmpl-mock-{}", self.seq),
+            BodyIds::None => String::new(),
+        };
         let account_id = 1 + self.seq % ACCOUNTS;
         let cost = rng.random_range(1_000..2_000_000i64);
         let latency_ms = rng.random_range(200..3_000u64);
@@ -158,23 +179,37 @@ fn store_writer(c: &mut Criterion) {
     let prefill: u64 = std::env::var("STORE_BENCH_PREFILL").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let dir = TempDir(std::env::temp_dir().join(format!("tollgate-bench-store-writer-{}", std::process::id())));
     let store = Store::open(&dir.0).expect("open a scratch store");
-    let mut requests = Requests { seq: 0 };
+    let body_ids = match std::env::var("STORE_BENCH_BODY_IDS").as_deref() {
+        Ok("mock") => BodyIds::Mock,
+        Ok("none") => BodyIds::None,
+        Ok("random") | Err(_) => BodyIds::Random,
+        Ok(other) => panic!("STORE_BENCH_BODY_IDS={other}: random, mock or none"),
+    };
+    println!("body ids: {body_ids:?}");
+    let mut requests = Requests { seq: 0, body_ids };
 
-    // What one request's rows weigh, as encoded for the table.
+    // What one request's rows weigh: as stored, and as the serde_json they were before.
     let sample = requests.batch(1000);
     requests.seq = 0;
-    let (mut ledger_bytes, mut generation_bytes) = (0, 0);
-    for op in &sample {
-        if let WriteOp::Settle { charge, generation } = op {
-            ledger_bytes += tollgate::store::tables::encode(charge).expect("encode").len();
-            generation_bytes += tollgate::store::tables::encode(generation).expect("encode").len();
-        }
-    }
+    let size = |encode: &dyn Fn(&WriteOp) -> (usize, usize)| {
+        let (l, g) = sample.iter().map(encode).fold((0, 0), |(l, g), (a, b)| (l + a, g + b));
+        format!("ledger entry {} bytes, generation {} bytes", l / sample.len(), g / sample.len())
+    };
+    let settle = |op: &WriteOp| match op {
+        WriteOp::Settle { charge, generation } => (charge.clone(), generation.clone()),
+        _ => unreachable!("the sample is settles"),
+    };
     println!(
-        "encoded row size, average of {}: ledger entry {} bytes, generation {} bytes",
+        "encoded row size, average of {}: stored: {}; as JSON: {}",
         sample.len(),
-        ledger_bytes / sample.len(),
-        generation_bytes / sample.len()
+        size(&|op| {
+            let (l, g) = settle(op);
+            (encode(&l).expect("encode").len(), encode(&g).expect("encode").len())
+        }),
+        size(&|op| {
+            let (l, g) = settle(op);
+            (serde_json::to_vec(&l).expect("json").len(), serde_json::to_vec(&g).expect("json").len())
+        })
     );
 
     phase("pre-fill from empty", &store, &mut requests, prefill);
@@ -185,13 +220,28 @@ fn store_writer(c: &mut Criterion) {
     g.bench_function("settle, 200 per commit: thread CPU per op", |b| {
         b.iter_custom(|iters| run(&store, &mut requests, iters, thread_cpu))
     });
+    let (charge, generation) = settle(&sample[0]);
+    let mut buf = Vec::new();
+    g.bench_function("encode one settle's ledger entry + generation (stored form)", |b| {
+        b.iter(|| {
+            encode_into(black_box(&charge), &mut buf).expect("encode");
+            encode_into(black_box(&generation), &mut buf).expect("encode");
+            black_box(buf.len());
+        })
+    });
     g.bench_function("encode one settle's ledger entry + generation (JSON)", |b| {
         b.iter(|| {
-            if let WriteOp::Settle { charge, generation } = &sample[0] {
-                let l = tollgate::store::tables::encode(black_box(charge)).expect("encode");
-                let g = tollgate::store::tables::encode(black_box(generation)).expect("encode");
-                black_box((l, g));
-            }
+            let l = serde_json::to_vec(black_box(&charge)).expect("encode");
+            let g = serde_json::to_vec(black_box(&generation)).expect("encode");
+            black_box((l, g));
+        })
+    });
+    let (stored_l, stored_g) = (encode(&charge).expect("encode"), encode(&generation).expect("encode"));
+    g.bench_function("decode one settle's ledger entry + generation (stored form)", |b| {
+        b.iter(|| {
+            let l: LedgerEntry = decode(black_box(&stored_l), "ledger entry").expect("decode");
+            let g: GenerationRecord = decode(black_box(&stored_g), "generation").expect("decode");
+            black_box((l, g));
         })
     });
     g.finish();
