@@ -6,7 +6,8 @@
 //! The store is pre-filled (STORE_BENCH_PREFILL records, default 100,000) and keeps growing
 //! while measured: a gateway's tables are large, and leaf splits and dirty pages depend on it.
 //! STORE_BENCH_BODY_IDS=random|mock|none chooses the upstream body ids (see [`BodyIds`]): with
-//! random ones, like a real provider's, the GENERATION_BY_BODY index costs most of the rest.
+//! random ones, like a real provider's, the GENERATION_BY_BODY index costs about two thirds of
+//! the writer's CPU (a commit dirties a random leaf of it per request).
 //! One criterion iteration is ONE request's op; ops are committed in batches of [`BATCH`].
 //! `thread CPU` is the committing thread's CPU time, user + system (what the writer thread
 //! costs the machine); wall time adds the fdatasync wait, which depends on the disk. Before
@@ -14,6 +15,10 @@
 //! and wall time per op: the numbers to compare between builds.
 //!
 //! Run: `cargo bench --bench store_writer`.
+//!
+//! Measured on 2 shared cores, fixed run, µs of writer CPU per request, serde_json rows →
+//! binary rows (`store::codec`): random body ids 17.7 → 14.9, mock ids 7.6 → 5.6, none
+//! 6.0 → 4.1.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::Rng;
@@ -85,7 +90,7 @@ impl Requests {
             total_cost_nano: cost,
             latency_ms,
             status: 200,
-            streamed: self.seq % 2 == 0,
+            streamed: self.seq.is_multiple_of(2),
             usage_estimated: false,
             created_at: now_secs(),
             attempts: 1,
