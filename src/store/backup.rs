@@ -258,8 +258,8 @@ pub struct VerifyReport {
     pub ledger_total_nano: Nano,
 }
 
-/// Decodes every row of a JSON-valued table into `T`, or says which row is broken.
-fn decode_all<K: Key + 'static, T: serde::de::DeserializeOwned>(
+/// Decodes every row of a record table into `T`, or says which row is broken.
+fn decode_all<K: Key + 'static, T: Row>(
     txn: &ReadTransaction,
     def: TableDefinition<K, &'static [u8]>,
     what: &str,

@@ -10,6 +10,7 @@
 //! (kill -9 included; redb repairs the file on open) balance = grants − recorded charges.
 
 pub mod backup;
+mod codec;
 pub mod handoff;
 pub mod records;
 pub mod tables;
@@ -306,6 +307,14 @@ impl Store {
             Ok(db) => StoreWriter::start(db),
             Err(_) => StoreWriter::stopped(),
         }
+    }
+
+    /// Applies `ops` in one fsync'd transaction on the calling thread: the writer thread's own
+    /// commit of a batch, minus the channel. Only for benches (`benches/store_writer.rs`);
+    /// everything else goes through [`start_writer`](Self::start_writer).
+    #[doc(hidden)]
+    pub fn commit_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        writer::commit(&*self.db()?, ops)
     }
 
     /// Reads all accounts and keys and sums the ledger into balances. O(ledger size): every
@@ -1151,5 +1160,141 @@ pub(crate) mod tests {
         drop((store, crashed));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&copy);
+    }
+
+    fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).expect("json")
+    }
+
+    /// A store written before ledger entries and generation records were binary holds their
+    /// JSON rows, and new rows are binary. Both read everywhere: balances, usage, lookups, the
+    /// ledger, rollups (built from both on a schema upgrade; a JSON record written again is
+    /// replaced, not counted twice), cost scans, the export and a backup's verification.
+    #[test]
+    fn json_rows_from_before_and_binary_rows_read_together() {
+        use crate::limits::calendar::SECS_PER_DAY;
+        let dir = test_dir("mixed-rows");
+        let day = 20_000u64;
+        let at = day * SECS_PER_DAY + 100;
+        let dated = |mut g: GenerationRecord| {
+            g.created_at = at;
+            g
+        };
+        let old_charge = dated(generation("gen-old", "chatcmpl-old", 1, 300));
+        let mut old_failed = dated(generation("gen-old-failed", "", 1, 0));
+        old_failed.status = 502;
+        old_failed.error = Some("upstream down".into());
+        {
+            // What an older build left: JSON rows, written here with serde_json directly, and
+            // schema 1 so that opening builds the usage rollups from them.
+            let store = Store::open(&dir).expect("open");
+            let txn = store.db().unwrap().begin_write().expect("txn");
+            {
+                let mut ledger = txn.open_table(LEDGER).unwrap();
+                ledger.insert(1, json(&entry(1, 1, 10_000, LedgerKind::Grant, None)).as_slice()).unwrap();
+                ledger.insert(2, json(&entry(2, 1, -300, LedgerKind::Charge, Some("gen-old"))).as_slice()).unwrap();
+                let mut generations = txn.open_table(GENERATIONS).unwrap();
+                generations.insert("gen-old", json(&old_charge).as_slice()).unwrap();
+                generations.insert("gen-old-failed", json(&old_failed).as_slice()).unwrap();
+                txn.open_table(GENERATION_BY_BODY).unwrap().insert("chatcmpl-old", "gen-old").unwrap();
+                txn.open_table(ACCOUNTS).unwrap().insert(1, json(&account(1)).as_slice()).unwrap();
+                txn.open_table(META).unwrap().insert(META_SCHEMA_VERSION, 1).unwrap();
+            }
+            txn.delete_table(USAGE).unwrap();
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&dir).expect("open and upgrade");
+        let writer = store.start_writer();
+        writer.submit(WriteOp::Grant(entry(3, 1, 500, LedgerKind::Grant, None)));
+        let new_charge = dated(generation("gen-new", "chatcmpl-new", 1, 200));
+        writer.submit(WriteOp::Settle {
+            charge: entry(4, 1, -200, LedgerKind::Charge, Some("gen-new")),
+            generation: new_charge.clone(),
+        });
+        writer.submit(WriteOp::RecordGeneration(old_failed.clone()));
+        writer.shutdown();
+        {
+            let txn = store.db().unwrap().begin_read().unwrap();
+            let ledger = txn.open_table(LEDGER).unwrap();
+            let first = |seq: u64| ledger.get(seq).unwrap().unwrap().value()[0];
+            assert_eq!([first(1), first(2), first(3), first(4)], [b'{', b'{', codec::V1, codec::V1]);
+            let generations = txn.open_table(GENERATIONS).unwrap();
+            let first = |id: &str| generations.get(id).unwrap().unwrap().value()[0];
+            assert_eq!([first("gen-old"), first("gen-new"), first("gen-old-failed")], [b'{', codec::V1, codec::V1]);
+        }
+
+        let check = |store: &Store| {
+            let state = store.load_state().expect("load");
+            assert_eq!(state.balances[&1], 10_000 - 300 + 500 - 200);
+            assert_eq!(state.usage[&1], 500);
+            assert_eq!(state.next_ledger_seq, 5);
+            assert_eq!(store.get_generation("chatcmpl-old").unwrap(), Some(old_charge.clone()));
+            assert_eq!(store.get_generation("gen-old").unwrap(), Some(old_charge.clone()));
+            assert_eq!(store.get_generation("chatcmpl-new").unwrap(), Some(new_charge.clone()));
+            assert_eq!(store.get_generation("gen-old-failed").unwrap(), Some(old_failed.clone()));
+            let ledger = store.ledger_entries(1, 10).unwrap();
+            let amounts: Vec<(u64, i64)> = ledger.iter().map(|e| (e.seq, e.amount_nano)).collect();
+            assert_eq!(amounts, vec![(4, -200), (3, 500), (2, -300), (1, 10_000)]);
+            assert_eq!(ledger[2].generation_id.as_deref(), Some("gen-old"));
+            assert_eq!(ledger[2].kind, LedgerKind::Charge);
+            let rollups = store.usage_rollups(1, day, day).unwrap();
+            let r = rollups.iter().map(|(_, _, _, r)| *r).collect::<Vec<_>>();
+            assert_eq!(r.len(), 1, "{rollups:?}");
+            assert_eq!((r[0].requests, r[0].failed, r[0].cost_nano, r[0].tokens_prompt), (3, 1, 500, 30));
+            let mut costs = store.generation_costs_since(at).unwrap();
+            costs.sort();
+            assert_eq!(costs, vec![(1, 200, at), (1, 300, at)]);
+            let summary = store.export_jsonl(None, &mut Vec::new()).unwrap();
+            assert_eq!((summary.ledger_entries, summary.generations), (4, 3));
+        };
+        check(&store);
+        let backup = dir.join("mixed.redb");
+        store.backup_to(&backup, false).expect("backup");
+        assert_eq!(verify_file(&backup).expect("verify").ledger_total_nano, 10_000);
+        drop((writer, store));
+        check(&Store::open(&dir).expect("reopen"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A damaged binary row is an error wherever it is read, like a bad JSON row: never a
+    /// panic, and a backup of it does not verify.
+    #[test]
+    fn a_damaged_binary_row_is_an_error() {
+        let dir = test_dir("damaged-row");
+        let store = Store::open(&dir).expect("open");
+        let writer = store.start_writer();
+        writer.submit(WriteOp::InsertAccount(account(1)));
+        writer.submit(WriteOp::Settle {
+            charge: entry(1, 1, -5, LedgerKind::Charge, Some("gen-a")),
+            generation: generation("gen-a", "chatcmpl-a", 1, 5),
+        });
+        writer.shutdown();
+        {
+            // Cut both rows short by a byte.
+            let txn = store.db().unwrap().begin_write().expect("txn");
+            {
+                let mut ledger = txn.open_table(LEDGER).unwrap();
+                let row = ledger.get(1).unwrap().unwrap().value().to_vec();
+                ledger.insert(1, &row[..row.len() - 1]).unwrap();
+                let mut generations = txn.open_table(GENERATIONS).unwrap();
+                let row = generations.get("gen-a").unwrap().unwrap().value().to_vec();
+                generations.insert("gen-a", &row[..row.len() - 1]).unwrap();
+            }
+            txn.commit().expect("commit");
+        }
+        let e = store.get_generation("gen-a").unwrap_err();
+        assert!(e.0.contains("decode generation: truncated row"), "{e}");
+        assert!(store.get_generation("chatcmpl-a").is_err());
+        let e = store.load_state().unwrap_err();
+        assert!(e.0.contains("decode ledger entry: truncated row"), "{e}");
+        assert!(store.ledger_entries(1, 10).is_err());
+        assert!(store.generation_costs_since(0).is_err());
+        assert!(store.export_jsonl(None, &mut Vec::new()).is_err());
+        let backup = dir.join("damaged.redb");
+        store.backup_to(&backup, false).expect("a backup copies rows as they are");
+        let e = verify_file(&backup).unwrap_err();
+        assert!(e.0.contains("decode ledger entry: truncated row (row 0)"), "{e}");
+        drop((writer, store));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,12 @@
-//! The records kept in redb, stored as serde_json values.
+//! The records kept in redb. Most are stored as serde_json values (`tables::Row`); ledger
+//! entries and generation records, written on every request, in a compact binary form
+//! (`codec`) — they keep their serde derives for API responses, the export and the handoff
+//! journal, and their JSON rows from before still decode.
 //!
 //! JSON keeps the file inspectable and lets fields be added later: every field that was not in
-//! the first version carries `#[serde(default)]`, so old rows still decode.
+//! the first version carries `#[serde(default)]`, so old rows still decode. A field added to
+//! `LedgerEntry`, `GenerationRecord` or `AttemptRecord` also needs a new version of their
+//! binary layout in `codec`.
 
 use serde::{Deserialize, Serialize};
 

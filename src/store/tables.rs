@@ -1,12 +1,12 @@
 //! redb table definitions and the (de)serialisation of rows.
 //!
-//! Keys are compact native types (u64 ids, the generation id string); values are serde_json
-//! bytes of the types in `records`.
+//! Keys are compact native types (u64 ids, the generation id string); values are the types in
+//! `records`, stored through [`Row`]: serde_json, except ledger entries and generation records
+//! (binary, see `codec`).
 
 use redb::TableDefinition;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::records::{AccountRecord, AuditEntry, ByokRecord, KeyRecord, UsageRollup};
 use super::StoreError;
 
 /// account id → `AccountRecord`
@@ -46,10 +46,43 @@ pub const META_NEXT_AUDIT: &str = "next_audit_seq";
 /// version-1 file when it is first opened), key last-used times, the audit log and BYOK keys.
 pub const SCHEMA_VERSION: u64 = 2;
 
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError(format!("encode: {e}")))
+/// How a record is stored as a table value. Most records are serde_json (inspectable, and a
+/// field added with `#[serde(default)]` still decodes old rows); the two written on every
+/// request, `LedgerEntry` and `GenerationRecord`, have a compact binary form (`codec`) and
+/// still read their JSON rows from before it.
+pub trait Row: Sized {
+    /// Appends the stored form of `self` to `out`.
+    fn write_row(&self, out: &mut Vec<u8>) -> Result<(), String>;
+    /// Decodes a stored value; a corrupt one is an error, never a panic.
+    fn read_row(bytes: &[u8]) -> Result<Self, String>;
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("decode {what}: {e}")))
+macro_rules! json_rows {
+    ($($t:ty),*) => {$(
+        impl Row for $t {
+            fn write_row(&self, out: &mut Vec<u8>) -> Result<(), String> {
+                serde_json::to_writer(out, self).map_err(|e| e.to_string())
+            }
+            fn read_row(bytes: &[u8]) -> Result<Self, String> {
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())
+            }
+        }
+    )*};
+}
+json_rows!(AccountRecord, KeyRecord, AuditEntry, ByokRecord, UsageRollup);
+
+pub fn encode<T: Row>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`] into a buffer the caller reuses (the writer thread: one per batch, not per row).
+pub fn encode_into<T: Row>(value: &T, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    out.clear();
+    value.write_row(out).map_err(|e| StoreError(format!("encode: {e}")))
+}
+
+pub fn decode<T: Row>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    T::read_row(bytes).map_err(|e| StoreError(format!("decode {what}: {e}")))
 }

@@ -419,7 +419,7 @@ fn write_batch(
 }
 
 /// One write transaction for all `ops`, fsync'd. On error the transaction is dropped (aborted).
-fn commit(db: &Database, ops: &[WriteOp]) -> Result<(), StoreError> {
+pub(super) fn commit(db: &Database, ops: &[WriteOp]) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     apply(&txn, ops)?;
@@ -441,6 +441,8 @@ struct Tables<'t> {
     /// Usage-rollup changes of this batch, summed per row and written once at the end: a
     /// batch of many settles for one key and model costs one read and one write of its row.
     rollups: RollupDeltas,
+    /// Scratch for encoding a row: one allocation per batch instead of one per row.
+    buf: Vec<u8>,
     /// High-water marks for the id counters, raised once per batch.
     next_account: u64,
     next_key: u64,
@@ -460,6 +462,7 @@ fn apply(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<(), StoreError> {
         audit: txn.open_table(AUDIT)?,
         byok: txn.open_table(BYOK)?,
         rollups: RollupDeltas::default(),
+        buf: Vec::with_capacity(256),
         next_account: 0,
         next_key: 0,
         next_seq: 0,
@@ -491,19 +494,19 @@ fn apply(txn: &WriteTransaction, ops: &[WriteOp]) -> Result<(), StoreError> {
 fn apply_one(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), StoreError> {
     match op {
         WriteOp::InsertAccount(a) => {
-            t.accounts.insert(a.id, encode(a)?.as_slice())?;
+            t.accounts.insert(a.id, row(&mut t.buf, a)?)?;
             t.next_account = t.next_account.max(a.id + 1);
         }
         WriteOp::PutKey(k) => {
-            t.keys.insert(k.id, encode(k)?.as_slice())?;
+            t.keys.insert(k.id, row(&mut t.buf, k)?)?;
             t.next_key = t.next_key.max(k.id + 1);
         }
         WriteOp::Grant(entry) => {
-            t.ledger.insert(entry.seq, encode(entry)?.as_slice())?;
+            t.ledger.insert(entry.seq, row(&mut t.buf, entry)?)?;
             t.next_seq = t.next_seq.max(entry.seq + 1);
         }
         WriteOp::Settle { charge, generation } => {
-            t.ledger.insert(charge.seq, encode(charge)?.as_slice())?;
+            t.ledger.insert(charge.seq, row(&mut t.buf, charge)?)?;
             t.next_seq = t.next_seq.max(charge.seq + 1);
             put_generation(t, generation)?;
         }
@@ -518,11 +521,11 @@ fn apply_one(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), StoreError> {
             }
         }
         WriteOp::Audit(a) => {
-            t.audit.insert(a.seq, encode(a)?.as_slice())?;
+            t.audit.insert(a.seq, row(&mut t.buf, a)?)?;
             t.next_audit = t.next_audit.max(a.seq + 1);
         }
         WriteOp::PutByok(b) => {
-            t.byok.insert((b.account_id, b.provider.as_str()), encode(b)?.as_slice())?;
+            t.byok.insert((b.account_id, b.provider.as_str()), row(&mut t.buf, b)?)?;
         }
         WriteOp::DeleteByok { account_id, provider } => {
             t.byok.remove((*account_id, provider.as_str()))?;
@@ -536,11 +539,17 @@ fn apply_one(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `value` encoded for its table, in the batch's scratch buffer.
+fn row<'b, T: Row>(buf: &'b mut Vec<u8>, value: &T) -> Result<&'b [u8], StoreError> {
+    encode_into(value, buf)?;
+    Ok(buf.as_slice())
+}
+
 /// Stores a generation and adds it to its usage rollup, in the caller's transaction. A record
 /// written again under the same id (never done today) replaces its old contribution, so the
 /// rollups always equal the sum of the stored records.
 fn put_generation(t: &mut Tables<'_>, g: &GenerationRecord) -> Result<(), StoreError> {
-    let old = t.generations.insert(g.id.as_str(), encode(g)?.as_slice())?;
+    let old = t.generations.insert(g.id.as_str(), row(&mut t.buf, g)?)?;
     if let Some(old) = old {
         let old: GenerationRecord = decode(old.value(), "generation")?;
         t.rollups.add(&old, -1);
