@@ -48,8 +48,10 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
     }
 
     let up = &inf.provider.upstream;
-    let path = format!("{}{}", up.path_prefix, inf.path);
-    req.set_uri(path.parse::<http::Uri>().map_err(|e| {
+    let mut path = String::with_capacity(up.path_prefix.len() + inf.path.len());
+    path.push_str(&up.path_prefix);
+    path.push_str(&inf.path);
+    req.set_uri(http::Uri::try_from(path).map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e)
     })?);
     req.set_method(http::Method::POST);
