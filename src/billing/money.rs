@@ -38,22 +38,23 @@ pub fn parse_usd(text: &str) -> Result<Nano, String> {
 /// Formats nano-USD as a plain decimal USD string with no trailing zeros and no exponent:
 /// 1_500_000_000 → "1.5", 1 → "0.000000001", -2_000_000_000 → "-2", 0 → "0".
 pub fn format_usd(n: Nano) -> String {
-    let mut out = String::with_capacity(24);
+    let mut out = Vec::with_capacity(24);
     push_usd(&mut out, n);
-    out
+    // Only ASCII digits, '-' and '.' were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// [`format_usd`] appended to `out`: digit by digit, with no formatting machinery or
 /// temporary strings (it runs for every request's access-log line).
-pub fn push_usd(out: &mut String, n: Nano) {
+pub fn push_usd(out: &mut Vec<u8>, n: Nano) {
     // unsigned_abs so i64::MIN does not overflow.
     let abs = n.unsigned_abs();
     let whole = abs / NANO_PER_USD as u64;
     let mut frac = abs % NANO_PER_USD as u64;
     if n < 0 {
-        out.push('-');
+        out.push(b'-');
     }
-    push_decimal(out, whole);
+    crate::providers::json_scan::write_json_u64(out, whole);
     if frac == 0 {
         return;
     }
@@ -64,23 +65,8 @@ pub fn push_usd(out: &mut String, n: Nano) {
         frac /= 10;
     }
     let len = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-    out.push('.');
-    out.extend(digits[..len].iter().map(|&d| d as char));
-}
-
-/// `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&d| d as char));
+    out.push(b'.');
+    out.extend_from_slice(&digits[..len]);
 }
 
 /// A JSON number for an amount shown to clients.
@@ -316,9 +302,9 @@ mod tests {
             cases.push((x as i64) >> (x % 60));
         }
         for n in cases {
-            let mut out = String::from("prefix:");
+            let mut out = b"prefix:".to_vec();
             push_usd(&mut out, n);
-            assert_eq!(out, format!("prefix:{}", reference(n)), "{n}");
+            assert_eq!(out, format!("prefix:{}", reference(n)).into_bytes(), "{n}");
         }
     }
 

@@ -185,6 +185,21 @@ pub fn find_member(src: &[u8], name: &str) -> Result<Option<Member>, ScanError> 
     Ok(found)
 }
 
+/// Appends `n` as a JSON number (plain decimal digits), without a `String` per number.
+pub fn write_json_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Appends `s` as a JSON string literal (quotes included). Infallible, unlike
 /// `serde_json::to_writer`, so callers need no error path for a value they produced.
 pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
@@ -296,6 +311,15 @@ mod tests {
             out.push((key, value));
         }
         Ok(out)
+    }
+
+    #[test]
+    fn decimal_numbers() {
+        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            write_json_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::settle::Settled;
 use crate::app::App;
 use crate::billing::money;
 use crate::metrics;
-use crate::providers::json_scan::write_json_string;
+use crate::providers::json_scan::{write_json_string, write_json_u64};
 use pingora::proxy::Session;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -88,7 +88,7 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
     }
     let latency_us = ctx.start.elapsed().as_micros() as u64;
     line.key("latency_ms");
-    push_u64(&mut line.0, latency_us / 1000);
+    write_json_u64(&mut line.0, latency_us / 1000);
     let ms_frac = latency_us % 1000;
     line.0.extend_from_slice(&[b'.', b'0' + (ms_frac / 100) as u8, b'0' + (ms_frac / 10 % 10) as u8, b'0' + (ms_frac % 10) as u8]);
     line.num("overhead_us", ctx.overhead_us);
@@ -99,10 +99,8 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
     line.raw("usage_estimated", if settled.estimated { "true" } else { "false" });
     line.key("cost_usd");
     // A decimal is only digits, '-' and '.': nothing to escape.
-    let mut usd = String::with_capacity(24);
-    money::push_usd(&mut usd, settled.cost);
     line.0.push(b'"');
-    line.0.extend_from_slice(usd.as_bytes());
+    money::push_usd(&mut line.0, settled.cost);
     line.0.push(b'"');
     match ctx.error.as_ref() {
         Some(e) => line.text("error", e.code),
@@ -124,7 +122,7 @@ impl Line {
     }
     fn num(&mut self, name: &str, n: u64) {
         self.key(name);
-        push_u64(&mut self.0, n);
+        write_json_u64(&mut self.0, n);
     }
     fn text(&mut self, name: &str, s: &str) {
         self.key(name);
@@ -141,21 +139,6 @@ impl Line {
     }
 }
 
-/// `n` in decimal (nine numbers a line: no `String` for each).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Status codes as bounded label values.
 fn status_label(status: u16) -> &'static str {
     match status {
@@ -163,17 +146,5 @@ fn status_label(status: u16) -> &'static str {
         405 => "405", 413 => "413", 429 => "429", 500 => "500", 502 => "502", 503 => "503",
         504 => "504", 0 => "0",
         s if s < 300 => "2xx", s if s < 400 => "3xx", s if s < 500 => "4xx", _ => "5xx",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn decimal_numbers() {
-        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
-            let mut out = Vec::new();
-            super::push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
     }
 }
