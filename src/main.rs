@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 // log free what request threads built); jemalloc's thread caches avoid that.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::path::PathBuf;
 
 #[derive(Parser)]

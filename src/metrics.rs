@@ -134,12 +134,13 @@ pub static TLS_CERT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// The per-request metrics of one model as one route serves it (slug, provider), looked up in
-/// the registry the first time and kept: `with_label_values` hashes every label and takes a
-/// lock, five times a request otherwise. Lives in the config snapshot's `Model`, so a reload
-/// that renames things starts with an empty cache.
+/// The per-request metrics of one model as one route serves it, looked up in the registry
+/// the first time and kept: `with_label_values` hashes every label and takes a lock, six times
+/// a request otherwise. Lives in the config snapshot's `Model` (a route's view of a model is a
+/// `Model` of its own, whose `provider` is the route's), so the labels are that model's slug
+/// and provider, and a reload starts with an empty cache.
 #[derive(Default)]
-pub struct RouteMetrics(OnceLock<(String, String, RouteHandles)>);
+pub struct RouteMetrics(OnceLock<RouteHandles>);
 
 pub struct RouteHandles {
     pub tokens_in: IntCounter,
@@ -152,39 +153,31 @@ pub struct RouteHandles {
     ok_requests: OnceLock<(&'static str, IntCounter)>,
 }
 
-impl RouteHandles {
-    fn lookup(model: &str, provider: &str) -> RouteHandles {
-        let labels = [model, provider];
-        RouteHandles {
-            tokens_in: TOKENS.with_label_values(&[model, provider, "input"]),
-            tokens_out: TOKENS.with_label_values(&[model, provider, "output"]),
-            cost: COST.with_label_values(&labels),
-            upstream_latency: UPSTREAM_LATENCY.with_label_values(&labels),
-            ttft: TTFT.with_label_values(&labels),
-            ok_requests: OnceLock::new(),
-        }
-    }
-}
-
 impl RouteMetrics {
-    /// The handles for `(model, provider)`: cached ones when they were made for exactly these
-    /// labels, else looked up afresh (never a count under the wrong labels).
-    pub fn get(&self, model: &str, provider: &str) -> std::borrow::Cow<'_, RouteHandles> {
-        let (m, p, handles) = self.0.get_or_init(|| (model.to_string(), provider.to_string(), RouteHandles::lookup(model, provider)));
-        if m == model && p == provider {
-            std::borrow::Cow::Borrowed(handles)
-        } else {
-            std::borrow::Cow::Owned(RouteHandles::lookup(model, provider))
-        }
+    /// The handles of `model`, the `Model` this cache belongs to.
+    pub fn get(&self, model: &crate::config::Model) -> &RouteHandles {
+        self.0.get_or_init(|| {
+            let (slug, provider) = (model.slug.as_str(), model.provider.as_str());
+            RouteHandles {
+                tokens_in: TOKENS.with_label_values(&[slug, provider, "input"]),
+                tokens_out: TOKENS.with_label_values(&[slug, provider, "output"]),
+                cost: COST.with_label_values(&[slug, provider]),
+                upstream_latency: UPSTREAM_LATENCY.with_label_values(&[slug, provider]),
+                ttft: TTFT.with_label_values(&[slug, provider]),
+                ok_requests: OnceLock::new(),
+            }
+        })
     }
 }
 
-/// Counts one answered request in `tollgate_requests_total`.
-pub fn count_request(route: &'static str, model: Option<&crate::config::Model>, provider: &str, status: &'static str) {
-    let slug = model.map_or("", |m| m.slug.as_str());
+/// Counts one answered request in `tollgate_requests_total`; `model` is the route's view of
+/// the model that answered (None: no model, both labels empty).
+pub fn count_request(route: &'static str, model: Option<&crate::config::Model>, status: &'static str) {
+    let (slug, provider) = model.map_or(("", ""), |m| (m.slug.as_str(), m.provider.as_str()));
     if let (Some(m), "200") = (model, status) {
-        let handles = m.metrics.get(slug, provider);
-        let (cached_route, counter) = handles
+        let (cached_route, counter) = m
+            .metrics
+            .get(m)
             .ok_requests
             .get_or_init(|| (route, REQUESTS.with_label_values(&[route, slug, provider, status])));
         if *cached_route == route {
@@ -195,20 +188,7 @@ pub fn count_request(route: &'static str, model: Option<&crate::config::Model>, 
     REQUESTS.with_label_values(&[route, slug, provider, status]).inc();
 }
 
-impl Clone for RouteHandles {
-    fn clone(&self) -> Self {
-        RouteHandles {
-            tokens_in: self.tokens_in.clone(),
-            tokens_out: self.tokens_out.clone(),
-            cost: self.cost.clone(),
-            upstream_latency: self.upstream_latency.clone(),
-            ttft: self.ttft.clone(),
-            ok_requests: OnceLock::new(),
-        }
-    }
-}
-
-/// A copy starts empty: a model is cloned into its routes' views, each with its own provider.
+/// A copy starts empty: a model is cloned into its routes' views before each gets its provider.
 impl Clone for RouteMetrics {
     fn clone(&self) -> Self {
         RouteMetrics::default()

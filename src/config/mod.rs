@@ -165,6 +165,17 @@ capabilities = ["tools", "vision", "json"]
     }
 
     #[test]
+    fn a_key_that_cannot_be_a_header_is_a_config_error() {
+        let env = |name: &str| (name == "OPENAI_API_KEY").then(|| "sk-test\n".to_string());
+        let e: Vec<String> = from_toml_with_env(GOOD, &env).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(e.iter().any(|x| x.contains("providers.openai.api_key_env")), "{e:?}");
+        // A good key is built into its header once, at load.
+        let c = from_toml_with_env(GOOD, &super::tests::env).unwrap();
+        let (name, value) = c.providers["openai"].credential_header.clone().expect("header");
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("authorization", "Bearer sk-test"));
+    }
+
+    #[test]
     fn base_url_forms() {
         let u = validate::parse_base_url("http://127.0.0.1:9000/v1/").unwrap();
         assert_eq!((u.tls, u.port, u.authority.as_str(), u.path_prefix.as_str()), (false, 9000, "127.0.0.1:9000", "/v1"));

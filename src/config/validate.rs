@@ -674,7 +674,7 @@ fn provider(
     if p.http2.is_some() && !upstream.tls {
         errs.push(format!("{path}.http2"), "only for an https:// base_url (HTTP/2 is offered by TLS ALPN)");
     }
-    let credential_header = match api_key.as_deref().map(|key| crate::proxy::upstream_headers::credential(kind, key)) {
+    let credential_header = match api_key.as_deref().map(|key| crate::providers::credential_header(kind, key)) {
         Some(Err(e)) => {
             errs.push(format!("{path}.api_key_env"), e);
             None

@@ -68,7 +68,7 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
         None => ("", ""),
     };
     let status = ctx.status;
-    metrics::count_request(ctx.route_label, ctx.inference.as_ref().map(|i| &*i.model), provider, status_label(status));
+    metrics::count_request(ctx.route_label, ctx.inference.as_ref().map(|i| &*i.model), status_label(status));
     let req = session.req_header();
     // Written by hand into one buffer: a serde_json::Value map per request cost more than the
     // rest of the logging phase together.

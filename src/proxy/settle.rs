@@ -77,7 +77,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
 
     if let (Some(start), Some(header)) = (ctx.upstream_start, ctx.upstream_header) {
         let end = ctx.upstream_end.unwrap_or_else(std::time::Instant::now);
-        let handles = model.metrics.get(&model.slug, &provider.name);
+        let handles = model.metrics.get(model);
         handles.upstream_latency.observe(end.duration_since(start).as_secs_f64());
         let first = ctx.first_body_byte.unwrap_or(header);
         handles.ttft.observe(first.duration_since(start).as_secs_f64());
@@ -103,7 +103,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             if e.is_some() && record.error.is_none() {
                 record.error = e.map(|e| e.etype().as_str().to_string());
             }
-            let handles = model.metrics.get(&model.slug, &provider.name);
+            let handles = model.metrics.get(model);
             handles.tokens_in.inc_by(usage.prompt_tokens);
             handles.tokens_out.inc_by(usage.completion_tokens);
             handles.cost.inc_by(cost.max(0) as u64);

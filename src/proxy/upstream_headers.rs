@@ -65,7 +65,7 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
     // The account's own key (BYOK) replaces the gateway's, whose header was built at load.
     match inf.byok_key.as_deref() {
         Some(key) => {
-            let (name, value) = credential(inf.provider.kind, key)
+            let (name, value) = crate::providers::credential_header(inf.provider.kind, key)
                 .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
             req.insert_header(name, value)?;
         }
@@ -76,19 +76,6 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
         }
     }
     Ok(())
-}
-
-/// The header that carries `key` to a provider of `kind`, marked sensitive (kept out of
-/// debug output and HPACK tables).
-pub fn credential(kind: ProviderKind, key: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
-    let (name, value) = match kind {
-        ProviderKind::OpenAi | ProviderKind::Mock => (http::header::AUTHORIZATION, format!("Bearer {key}")),
-        ProviderKind::Anthropic => (http::HeaderName::from_static("x-api-key"), key.to_string()),
-        ProviderKind::Gemini => (http::HeaderName::from_static("x-goog-api-key"), key.to_string()),
-    };
-    let mut value = http::HeaderValue::try_from(value).map_err(|_| "the key is not a valid header value".to_string())?;
-    value.set_sensitive(true);
-    Ok((name, value))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

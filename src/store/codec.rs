@@ -19,7 +19,7 @@
 //! readers keep decoding the old ones.
 
 use super::records::{AttemptRecord, GenerationRecord, LedgerEntry, LedgerKind};
-use super::tables::Row;
+use super::tables::{read_json, Row};
 
 /// The version byte of the layout written now. Not `{` nor JSON whitespace.
 pub const V1: u8 = 0x01;
@@ -60,7 +60,7 @@ impl Row for LedgerEntry {
     }
 
     fn read_row(bytes: &[u8]) -> Result<Self, String> {
-        let Some(mut r) = Reader::binary(bytes)? else { return json(bytes) };
+        let Some(mut r) = Reader::binary(bytes)? else { return read_json(bytes) };
         let flags = r.flags(CHARGE | HAS_GENERATION_ID | HAS_NOTE)?;
         // A struct expression evaluates its fields in the order written: the row's order.
         let entry = LedgerEntry {
@@ -124,7 +124,7 @@ impl Row for GenerationRecord {
     }
 
     fn read_row(bytes: &[u8]) -> Result<Self, String> {
-        let Some(mut r) = Reader::binary(bytes)? else { return json(bytes) };
+        let Some(mut r) = Reader::binary(bytes)? else { return read_json(bytes) };
         let flags = r.flags(STREAMED | USAGE_ESTIMATED | HAS_ERROR)?;
         // A struct expression evaluates its fields in the order written: the row's order.
         let mut g = GenerationRecord {
@@ -164,11 +164,6 @@ impl Row for GenerationRecord {
         r.end()?;
         Ok(g)
     }
-}
-
-/// A row from before the binary form.
-fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 fn flag(set: bool, bit: u8) -> u8 {

@@ -64,12 +64,17 @@ macro_rules! json_rows {
                 serde_json::to_writer(out, self).map_err(|e| e.to_string())
             }
             fn read_row(bytes: &[u8]) -> Result<Self, String> {
-                serde_json::from_slice(bytes).map_err(|e| e.to_string())
+                read_json(bytes)
             }
         }
     )*};
 }
 json_rows!(AccountRecord, KeyRecord, AuditEntry, ByokRecord, UsageRollup);
+
+/// A JSON row (every record but the binary ones, and theirs from before the binary form).
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
 
 pub fn encode<T: Row>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::new();
