@@ -22,14 +22,25 @@ pub fn credits(app: &App, key: &KeyEntry) -> Result<Reply, ApiError> {
 }
 
 /// `GET /generation?id=`: by generation id or the response body's `id`, own account only.
-pub fn generation(app: &App, key: &KeyEntry, query: Option<&str>) -> Result<Reply, ApiError> {
+/// Records are group-committed after the answer went out; a miss flushes the writer and looks
+/// again, so a record can be read as soon as its request was answered.
+pub async fn generation(app: &App, key: &KeyEntry, query: Option<&str>) -> Result<Reply, ApiError> {
     let Some(id) = query_param(query, "id").filter(|s| !s.is_empty()) else {
         return Err(ApiError::invalid_request("query parameter 'id' is required").with_param("id"));
     };
-    let found = app.store.get_generation(&id).map_err(|e| {
-        log::error!("generation lookup failed: {e:?}");
-        ApiError::internal("generation lookup failed")
-    })?;
+    let lookup = || {
+        app.store.get_generation(&id).map_err(|e| {
+            log::error!("generation lookup failed: {e:?}");
+            ApiError::internal("generation lookup failed")
+        })
+    };
+    let mut found = lookup()?;
+    if found.is_none() {
+        if let Err(e) = app.writer.flush().await {
+            log::warn!("generation lookup: store flush failed: {e}");
+        }
+        found = lookup()?;
+    }
     // Another account's generation is indistinguishable from a missing one.
     let Some(g) = found.filter(|g| g.account_id == key.account_id) else {
         return Err(ApiError::not_found(format!("no generation '{id}' (it may still be being recorded; retry shortly)")));

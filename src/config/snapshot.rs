@@ -58,6 +58,8 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
+    /// `name` as the value of the `X-Tollgate-Provider` response header, built once.
+    pub name_header: http::HeaderValue,
     pub kind: ProviderKind,
     pub upstream: Upstream,
     /// The resolved secret; never logged, never shown.

@@ -682,8 +682,13 @@ fn provider(
         Some(Ok(header)) => Some(header),
         None => None,
     };
+    let name_header = http::HeaderValue::from_str(name).unwrap_or_else(|_| {
+        errs.push(path.clone(), "a provider's name must be printable ASCII (it is sent as X-Tollgate-Provider)");
+        http::HeaderValue::from_static("invalid")
+    });
     Some(Provider {
         name: name.to_string(),
+        name_header,
         kind,
         upstream,
         api_key,

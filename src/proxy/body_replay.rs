@@ -172,8 +172,10 @@ impl BodyReplaySession {
                 HttpTask::Body(data, true) if self.pending.is_some() => {
                     let mut h = self.pending.take().expect("checked");
                     let len = data.as_ref().map_or(0, |d| d.len());
-                    h.remove_header(&http::header::TRANSFER_ENCODING);
-                    let _ = h.insert_header(http::header::CONTENT_LENGTH, len);
+                    super::local::edit_parts(&mut h, |parts| {
+                        parts.headers.remove(http::header::TRANSFER_ENCODING);
+                        parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                    });
                     out.push(HttpTask::Header(h, false));
                     out.push(HttpTask::Body(data, true));
                 }

@@ -202,65 +202,77 @@ impl ProxyHttp for Gateway {
         ctx.upstream_header = Some(Instant::now());
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
-        if let Some(inf) = ctx.inference.as_ref() {
-            resp.insert_header("x-tollgate-provider", inf.provider.name.as_str())?;
-            let ok = (200..300).contains(&status);
-            // Audio bytes pass through as they come; only their count of input characters,
-            // known from the request, is billed.
-            if ok && inf.endpoint == Endpoint::Speech {
-                ctx.units = Some(crate::billing::pricing::Units::Chars(inf.info.chars));
-                ctx.status = status;
-                ctx.overhead_us = ctx.overhead_now();
-                local::stamp(resp, ctx)?;
-                return Ok(());
-            }
-            // A provider that answers a stream request with plain JSON gets its JSON rewritten
-            // rather than fed to the SSE decoder, which would drop it.
-            let is_sse = resp
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            ctx.body_mode = match (ok, inf.info.stream && is_sse) {
-                (true, true) => {
-                    metrics::ACTIVE_STREAMS.inc();
-                    ctx.stream_started = true;
-                    BodyMode::Stream(super::wire::stream_meter(
-                        inf.provider.kind,
-                        &inf.model.slug,
-                        inf.info.include_usage,
-                        inf.via_chat,
-                    ))
-                }
-                (true, false) => BodyMode::Json(BytesMut::new()),
-                (false, _) => BodyMode::Error(BytesMut::new()),
-            };
-            // A provider 5xx is our 502; its own 4xx passes through with its status.
-            let client_status = if status >= 500 { 502 } else { status };
-            if client_status != status {
-                resp.set_status(client_status)?;
-            }
-            if !ok {
-                resp.insert_header("content-type", "application/json")?;
-            }
-            // The body is rewritten, so its length changes: re-frame it. A collected (JSON)
-            // body goes out whole with its new length (the replay wrapper holds the header
-            // until then); a stream is sent in chunks.
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            let whole = matches!(ctx.body_mode, BodyMode::Json(_) | BodyMode::Error(_));
-            if let Some(slot) = ctx.replay.as_ref() {
-                slot.frame_whole_body(whole);
-            }
-            if (!whole || ctx.replay.is_none()) && session.req_header().version != http::Version::HTTP_2 {
-                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            }
-            for name in HIDDEN_UPSTREAM_HEADERS {
-                resp.remove_header(*name);
-            }
+        let Some(inf) = ctx.inference.as_ref() else {
+            ctx.status = status;
+            ctx.overhead_us = ctx.overhead_now();
+            return local::stamp(resp, ctx);
+        };
+        let ok = (200..300).contains(&status);
+        let provider = inf.provider.name_header.clone();
+        // Audio bytes pass through as they come; only their count of input characters,
+        // known from the request, is billed.
+        if ok && inf.endpoint == Endpoint::Speech {
+            ctx.units = Some(crate::billing::pricing::Units::Chars(inf.info.chars));
+            ctx.status = status;
+            ctx.overhead_us = ctx.overhead_now();
+            local::edit_parts(resp, |parts| {
+                parts.headers.insert(local::names::X_TOLLGATE_PROVIDER, provider);
+                local::stamp_parts(parts, ctx)
+            })?;
+            return super::cors::stamp(resp, ctx);
         }
-        ctx.status = resp.status.as_u16();
+        // A provider that answers a stream request with plain JSON gets its JSON rewritten
+        // rather than fed to the SSE decoder, which would drop it.
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        ctx.body_mode = match (ok, inf.info.stream && is_sse) {
+            (true, true) => {
+                metrics::ACTIVE_STREAMS.inc();
+                ctx.stream_started = true;
+                BodyMode::Stream(super::wire::stream_meter(
+                    inf.provider.kind,
+                    &inf.model.slug,
+                    inf.info.include_usage,
+                    inf.via_chat,
+                ))
+            }
+            (true, false) => BodyMode::Json(BytesMut::new()),
+            (false, _) => BodyMode::Error(BytesMut::new()),
+        };
+        // The body is rewritten, so its length changes: re-frame it. A collected (JSON) body
+        // goes out whole with its new length (the replay wrapper holds the header until then);
+        // a stream is sent in chunks.
+        let whole = matches!(ctx.body_mode, BodyMode::Json(_) | BodyMode::Error(_));
+        if let Some(slot) = ctx.replay.as_ref() {
+            slot.frame_whole_body(whole);
+        }
+        let chunked = (!whole || ctx.replay.is_none()) && session.req_header().version != http::Version::HTTP_2;
+        // A provider 5xx is our 502; its own 4xx passes through with its status.
+        let client_status = if status >= 500 { 502 } else { status };
+        ctx.status = client_status;
         ctx.overhead_us = ctx.overhead_now();
-        local::stamp(resp, ctx)?;
-        Ok(())
+        local::edit_parts(resp, |parts| {
+            if client_status != status {
+                parts.status = http::StatusCode::BAD_GATEWAY;
+            }
+            let headers = &mut parts.headers;
+            for name in &HIDDEN_UPSTREAM_HEADERS {
+                headers.remove(name);
+            }
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.reserve(8);
+            headers.insert(local::names::X_TOLLGATE_PROVIDER, provider);
+            if !ok {
+                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            }
+            if chunked {
+                headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+            }
+            local::stamp_parts(parts, ctx)
+        })?;
+        super::cors::stamp(resp, ctx)
     }
 
     fn response_body_filter(
@@ -444,12 +456,12 @@ impl ProxyHttp for Gateway {
 }
 
 /// Upstream headers that describe the provider's account or framing, not the answer.
-const HIDDEN_UPSTREAM_HEADERS: &[&str] = &[
-    "openai-organization",
-    "openai-project",
-    "set-cookie",
-    "x-request-id",
-    "content-encoding",
+static HIDDEN_UPSTREAM_HEADERS: [http::HeaderName; 5] = [
+    http::HeaderName::from_static("openai-organization"),
+    http::HeaderName::from_static("openai-project"),
+    http::header::SET_COOKIE,
+    http::HeaderName::from_static("x-request-id"),
+    http::header::CONTENT_ENCODING,
 ];
 
 impl Gateway {

@@ -33,7 +33,10 @@ pub async fn answer(app: &App, session: &mut Session, ctx: &mut RequestCtx, rout
         }
         Route::Model(slug) => catalog::one(&ctx.config, &slug),
         Route::Generation => match authenticate_key(app, session, ctx) {
-            Ok(key) => account::generation(app, &key, session.req_header().uri.query()),
+            Ok(key) => {
+                let query = session.req_header().uri.query().map(str::to_owned);
+                account::generation(app, &key, query.as_deref()).await
+            }
             Err(e) => Err(e),
         },
         Route::Credits => match authenticate_key(app, session, ctx) {
@@ -216,20 +219,62 @@ pub fn authenticate_key(app: &App, session: &Session, ctx: &mut RequestCtx) -> R
     }
 }
 
-/// The headers every response carries.
+/// Names of the headers the gateway adds, parsed at compile time: inserting one costs no parse
+/// and no copy of the name.
+pub mod names {
+    use http::HeaderName;
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const X_GENERATION_ID: HeaderName = HeaderName::from_static("x-generation-id");
+    pub const X_TOLLGATE_OVERHEAD_US: HeaderName = HeaderName::from_static("x-tollgate-overhead-us");
+    pub const X_TOLLGATE_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+    pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+}
+
+/// Edits a response header as plain `http` parts, letting go of Pingora's record of how each
+/// header name was spelled. Pingora's own `insert_header` parses the name, copies it, and keeps
+/// that second map in step (it must never fall out of step: Pingora asserts it when writing);
+/// a name from [`names`] goes into the plain map with no parse and no copy. Names are
+/// case-insensitive (RFC 9110 §5.1): without the record, standard names go out in their usual
+/// capitals and others in lowercase. Moving the parts out and back copies no header.
+pub fn edit_parts<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::response::Parts) -> T) -> T {
+    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: http::response::Parts = std::mem::replace(resp, empty).into();
+    let out = edit(&mut parts);
+    *resp = ResponseHeader::from(parts);
+    out
+}
+
+/// A header value from text the gateway made (ids): never fails for them, but say so if it does.
+pub fn text_value(text: &str) -> pingora::Result<http::HeaderValue> {
+    http::HeaderValue::from_str(text)
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "header value", e))
+}
+
+/// The headers every response carries. Leaves `resp` without its case record (see
+/// [`edit_parts`]).
 pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if !ctx.generation_id.is_empty() {
-        resp.insert_header("x-generation-id", ctx.generation_id.as_str())?;
-    }
-    // Numbers go in through `HeaderValue::from` (no `String` per header).
-    resp.insert_header("x-tollgate-overhead-us", http::HeaderValue::from(ctx.overhead_us))?;
-    if let Some(rate) = &ctx.rate {
-        resp.insert_header("x-ratelimit-limit", http::HeaderValue::from(rate.limit))?;
-        resp.insert_header("x-ratelimit-remaining", http::HeaderValue::from(rate.remaining))?;
-        resp.insert_header("x-ratelimit-reset", http::HeaderValue::from(rate.reset_secs))?;
-    }
+    edit_parts(resp, |parts| stamp_parts(parts, ctx))?;
     super::cors::stamp(resp, ctx)
+}
+
+/// [`stamp`] on parts already taken out, without the CORS headers.
+pub fn stamp_parts(parts: &mut http::response::Parts, ctx: &RequestCtx) -> pingora::Result<()> {
+    use names::*;
+    let headers = &mut parts.headers;
+    headers.reserve(6);
+    headers.insert(X_REQUEST_ID, text_value(&ctx.request_id)?);
+    if !ctx.generation_id.is_empty() {
+        headers.insert(X_GENERATION_ID, text_value(&ctx.generation_id)?);
+    }
+    headers.insert(X_TOLLGATE_OVERHEAD_US, http::HeaderValue::from(ctx.overhead_us));
+    if let Some(rate) = &ctx.rate {
+        headers.insert(X_RATELIMIT_LIMIT, http::HeaderValue::from(rate.limit));
+        headers.insert(X_RATELIMIT_REMAINING, http::HeaderValue::from(rate.remaining));
+        headers.insert(X_RATELIMIT_RESET, http::HeaderValue::from(rate.reset_secs));
+    }
+    Ok(())
 }
 
 /// Write a complete reply. Errors writing to a client that went away are only logged.
@@ -241,7 +286,7 @@ pub async fn write_reply(session: &mut Session, ctx: &mut RequestCtx, reply: Rep
         ctx.error = reply.error.clone();
     }
     ctx.status = reply.status;
-    let mut resp = match ResponseHeader::build(reply.status, Some(4 + reply.headers.len())) {
+    let mut resp = match ResponseHeader::build_no_case(reply.status, Some(8 + reply.headers.len())) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot build a {} response: {e}", reply.status);

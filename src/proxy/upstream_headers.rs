@@ -33,48 +33,60 @@ const DROPPED: &[&str] = &[
 ];
 
 pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Result<()> {
+    let up = &inf.provider.upstream;
+    let mut path = String::with_capacity(up.path_prefix.len() + inf.path.len());
+    path.push_str(&up.path_prefix);
+    path.push_str(&inf.path);
+    let uri = http::Uri::try_from(path)
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e))?;
+    // The account's own key (BYOK) replaces the gateway's, whose header was built at load.
+    let credential = match inf.byok_key.as_deref() {
+        Some(key) => Some(
+            crate::providers::credential_header(inf.provider.kind, key)
+                .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?,
+        ),
+        None => inf.provider.credential_header.clone(),
+    };
+
+    // Edited as plain `http` parts, like the response (see `local::edit_parts`): the provider
+    // sees standard names in their usual capitals and others in lowercase.
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(req, empty).into();
+    let headers = &mut parts.headers;
     // One pass over what the client sent (a handful of headers) rather than a lookup per
     // dropped name: the dropped ones, and anything else that carries one of our keys (a
     // custom auth header, a forwarded copy).
     let mut doomed: Vec<http::HeaderName> = Vec::new();
-    for (name, value) in req.headers.iter() {
+    for (name, value) in headers.iter() {
         let drop = DROPPED.contains(&name.as_str()) || contains(value.as_bytes(), key_prefix.as_bytes());
         if drop && !doomed.contains(name) {
             doomed.push(name.clone());
         }
     }
-    for name in doomed {
-        req.remove_header(&name);
+    for name in &doomed {
+        headers.remove(name);
     }
-
-    let up = &inf.provider.upstream;
-    let mut path = String::with_capacity(up.path_prefix.len() + inf.path.len());
-    path.push_str(&up.path_prefix);
-    path.push_str(&inf.path);
-    req.set_uri(http::Uri::try_from(path).map_err(|e| {
-        pingora::Error::because(pingora::ErrorType::InternalError, "bad upstream path", e)
-    })?);
-    req.set_method(http::Method::POST);
-    req.insert_header(http::header::HOST, up.host_header.clone())?;
-    req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(inf.upstream_body_len))?;
-    let content_type = inf.content_type.as_deref().unwrap_or("application/json");
-    req.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    headers.reserve(5);
+    headers.insert(http::header::HOST, up.host_header.clone());
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(inf.upstream_body_len));
+    let content_type = match inf.content_type.as_deref() {
+        None => http::HeaderValue::from_static("application/json"),
+        Some(t) => http::HeaderValue::from_str(t)
+            .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "content type", e))?,
+    };
+    headers.insert(http::header::CONTENT_TYPE, content_type);
     if inf.provider.kind == ProviderKind::Anthropic {
-        req.insert_header("anthropic-version", crate::providers::anthropic::API_VERSION)?;
+        headers.insert(
+            http::HeaderName::from_static("anthropic-version"),
+            http::HeaderValue::from_static(crate::providers::anthropic::API_VERSION),
+        );
     }
-    // The account's own key (BYOK) replaces the gateway's, whose header was built at load.
-    match inf.byok_key.as_deref() {
-        Some(key) => {
-            let (name, value) = crate::providers::credential_header(inf.provider.kind, key)
-                .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
-            req.insert_header(name, value)?;
-        }
-        None => {
-            if let Some((name, value)) = &inf.provider.credential_header {
-                req.insert_header(name.clone(), value.clone())?;
-            }
-        }
+    if let Some((name, value)) = credential {
+        headers.insert(name, value);
     }
+    parts.uri = uri;
+    parts.method = http::Method::POST;
+    *req = RequestHeader::from(parts);
     Ok(())
 }
 

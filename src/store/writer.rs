@@ -2,8 +2,9 @@
 //!
 //! redb allows one write transaction at a time and `begin_write` blocks, and an fsync'd commit
 //! costs ~160 µs. So no request ever writes: ops go down a channel to a dedicated OS thread that
-//! blocks for the first op, drains whatever else is queued (up to [`MAX_BATCH`]), applies it all
-//! in ONE transaction and commits with `Durability::Immediate`. Only then are waiters
+//! blocks for the first op, lingers while nobody waits (see [`LINGER`]), drains whatever else
+//! is queued (up to [`MAX_BATCH`]), applies it all in ONE transaction and commits with
+//! `Durability::Immediate`. Only then are waiters
 //! completed, so "acknowledged" always means "on disk". A settled request costs this thread
 //! ~4–6 µs of CPU at 200 per commit, ~15 µs when the provider's response ids are random (the
 //! body-id index: see `benches/store_writer.rs`).
@@ -23,17 +24,20 @@ use super::records::{
 use super::tables::*;
 use super::StoreError;
 
-/// Most ops applied in one transaction; bounds commit latency under a flood.
-pub const MAX_BATCH: usize = 512;
+/// Most ops applied in one transaction; bounds commit latency under a flood. Above what
+/// [`LINGER`] collects at ~40k requests/s.
+pub const MAX_BATCH: usize = 2048;
 
 /// How long a batch of fire-and-forget charges waits for company before it commits. Charges
 /// are not on anyone's critical path (the request was answered already), and a credit grant
-/// or flush that arrives meanwhile is committed in the same batch.
-/// Every commit costs an fdatasync and redb's page writes whatever its size, so at 20k
-/// requests/s a 10 ms batch (~200 charges) makes that fixed cost a few percent of a core. On
-/// `kill -9` the batch in the making is lost: the ledger and the balance (its sum) still agree.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
-const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+/// or flush that arrives meanwhile ends the wait at once (its sender unparks the writer).
+/// Every commit costs an fdatasync, redb's page writes and a rewrite of each B-tree leaf it
+/// touched, whatever its size: at ~20k requests/s a 50 ms batch (~1,000 charges) costs the
+/// writer ~3.8 µs per request where a 10 ms one (~200) cost ~5.3 (`benches/store_writer.rs`,
+/// `STORE_BENCH_BATCH`). On `kill -9` the batch in the making is lost: the ledger and the
+/// balance (its sum) still agree, and the loss is charges (under-billing), never credits.
+/// `/generation` flushes on a miss, so a record is found as soon as its request was answered.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A durable change.
 #[derive(Clone, Debug)]
@@ -143,6 +147,8 @@ impl WriterStats {
 pub struct StoreWriter {
     tx: mpsc::Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, to end its linger when somebody waits (`None`: no thread).
+    waker: Option<std::thread::Thread>,
     closed: AtomicBool,
     stats: Arc<WriterStats>,
 }
@@ -166,6 +172,7 @@ impl StoreWriter {
         };
         StoreWriter {
             tx,
+            waker: thread.as_ref().map(|h| h.thread().clone()),
             thread: Mutex::new(thread),
             closed: AtomicBool::new(false),
             stats,
@@ -178,6 +185,7 @@ impl StoreWriter {
         StoreWriter {
             tx,
             thread: Mutex::new(None),
+            waker: None,
             closed: AtomicBool::new(true),
             stats: Arc::new(WriterStats::default()),
         }
@@ -226,6 +234,7 @@ impl StoreWriter {
         {
             return Err("store writer stopped".into());
         }
+        self.wake();
         rx.await
             .unwrap_or_else(|_| Err("store writer stopped".into()))
     }
@@ -240,6 +249,7 @@ impl StoreWriter {
         if self.tx.send(Msg::HandOff(Box::new(journal), done)).is_err() {
             return Err("store writer stopped".into());
         }
+        self.wake();
         rx.recv().unwrap_or_else(|_| Err("store writer stopped".into()))
     }
 
@@ -251,13 +261,23 @@ impl StoreWriter {
         if let Some(handle) = handle {
             // Everything sent before this message is ahead of it in the FIFO channel.
             let _ = self.tx.send(Msg::Shutdown);
+            self.wake();
             if handle.join().is_err() {
                 log::error!("store: writer thread panicked");
             }
         }
     }
 
+    /// Ends the writer's linger: somebody waits on what was just sent. (A wake that finds the
+    /// writer busy or blocked in `recv` only makes its next linger end early.)
+    fn wake(&self) {
+        if let Some(thread) = &self.waker {
+            thread.unpark();
+        }
+    }
+
     fn send(&self, op: WriteOp, done: Option<Completion>) {
+        let waited = done.is_some();
         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         if self.closed.load(Ordering::SeqCst) {
             log::error!(
@@ -270,15 +290,19 @@ impl StoreWriter {
             }
             return;
         }
-        if let Err(mpsc::SendError(msg)) = self.tx.send(Msg::Op(op, done)) {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            if let Msg::Op(op, done) = msg {
-                log::error!(
-                    "store: writer thread gone, write dropped: {}",
-                    op.describe()
-                );
-                if let Some(done) = done {
-                    done(Err("store writer stopped".into()));
+        match self.tx.send(Msg::Op(op, done)) {
+            Ok(()) if waited => self.wake(),
+            Ok(()) => {}
+            Err(mpsc::SendError(msg)) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                if let Msg::Op(op, done) = msg {
+                    log::error!(
+                        "store: writer thread gone, write dropped: {}",
+                        op.describe()
+                    );
+                    if let Some(done) = done {
+                        done(Err("store writer stopped".into()));
+                    }
                 }
             }
         }
@@ -307,22 +331,26 @@ fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
             // Nobody waits on a fire-and-forget charge: linger so the batch fills. While the
             // writer is not blocked in recv(), submitters never have to wake it, which saves a
             // futex wake per request and turns many small commits (an fdatasync each) into few.
-            // It naps in short steps and stops early once somebody does wait (a credit grant,
-            // a flush), so their latency stays about a step.
-            let mut lingered = std::time::Duration::ZERO;
+            // Whoever does wait (a credit grant, a flush, a handoff, shutdown) unparks it, so
+            // their latency is one commit.
+            let until = std::time::Instant::now() + LINGER;
             loop {
-                let nobody_waits = flushes.is_empty() && ops.iter().all(|(_, done)| done.is_none());
-                if !nobody_waits || shutting_down || hand_off.is_some() || lingered >= LINGER || ops.len() >= MAX_BATCH {
-                    break;
-                }
-                std::thread::sleep(LINGER_STEP);
-                lingered += LINGER_STEP;
                 while ops.len() < MAX_BATCH && hand_off.is_none() {
                     match rx.try_recv() {
                         Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
                         Err(_) => break,
                     }
                 }
+                let nobody_waits = flushes.is_empty() && ops.iter().all(|(_, done)| done.is_none());
+                if !nobody_waits || shutting_down || hand_off.is_some() || ops.len() >= MAX_BATCH {
+                    break;
+                }
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // Spurious returns are fine: the loop looks again.
+                std::thread::park_timeout(left);
             }
         }
         // Drain. Keep going after Shutdown too, so a submit that raced it is still written.
