@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 #[test]
 fn models_catalog_is_public_and_filtered_by_platform() {
@@ -102,6 +103,36 @@ fn generation_lookup_is_scoped_to_the_account() {
     assert_eq!(r.status(), 400);
     let r = client().get(gw.url(&format!("/v1/generation?id={gen_id}"))).send().unwrap();
     assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn a_generation_is_found_as_soon_as_its_answer_arrived() {
+    // Records are group-committed ~50 ms after the answer; a lookup that misses flushes the
+    // writer, so clients need not poll. (Three tries 2 ms apart only cover the moment between
+    // the answer going out and the logging phase that submits the record.)
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("1");
+    for _ in 0..5 {
+        let r = gw.chat(&key, hello("mock/echo-1"));
+        assert_eq!(r.status(), 200);
+        let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_string();
+        let body: Value = r.json().unwrap();
+        let body_id = body["id"].as_str().unwrap().to_string();
+        let started = Instant::now();
+        let mut found = None;
+        for _ in 0..3 {
+            let r = gw.generation(&key, &gen_id);
+            if r.status() == 200 {
+                found = Some(r.json::<Value>().unwrap());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let g = found.unwrap_or_else(|| panic!("generation {gen_id} not found within {:?}", started.elapsed()));
+        assert_eq!(g["data"]["id"], gen_id.as_str());
+        let r = gw.generation(&key, &body_id);
+        assert_eq!(r.status(), 200, "by the body's id {body_id}");
+    }
 }
 
 #[test]
