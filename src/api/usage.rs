@@ -1,7 +1,8 @@
 //! `GET /usage?from=&to=&group_by=day,model,key`: requests, tokens and cost per group, read
 //! from the usage rollups (one contiguous range of rows per account), never from a scan of
 //! generations. The rollups are written in the same transaction as each generation record,
-//! so these figures always equal the sums of the account's generations.
+//! so these figures always equal the sums of the account's generations. The route flushes the
+//! store writer first, so every request answered before the report was asked for is in it.
 //!
 //! `from` and `to` are UTC days, inclusive: `YYYY-MM-DD`, or unix seconds (the day that
 //! second falls in). Defaults: `to` today, `from` 29 days before `to`. At most 366 days.

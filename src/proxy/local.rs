@@ -154,7 +154,15 @@ async fn account_route(app: &App, session: &mut Session, ctx: &mut RequestCtx, r
     let account = |who: &Principal| who.account(app, query);
     match route {
         Route::Me => me::me(app, config, account(&who)?),
-        Route::Usage => usage::usage(app, account(&who)?, query),
+        Route::Usage => {
+            let account = account(&who)?;
+            // Charges are group-committed after their answers; commit what is queued so the
+            // report includes every request already answered.
+            if let Err(e) = app.writer.flush().await {
+                log::warn!("usage report: store flush failed: {e}");
+            }
+            usage::usage(app, account, query)
+        }
         Route::KeysList => keys::list(app, account(&who)?),
         Route::KeysCreate => keys::create(app, config, &who, account(&who)?, &body).await,
         Route::KeyUpdate(id) => keys::update(app, &who, id, &body).await,

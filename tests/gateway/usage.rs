@@ -100,6 +100,33 @@ fn usage_rollups_equal_the_sum_of_generations() {
     }
 }
 
+#[test]
+fn usage_includes_a_request_as_soon_as_it_was_answered() {
+    // Charges are group-committed ~50 ms after their answers; the report commits what is
+    // queued first. (Three tries 2 ms apart only cover the moment between the answer and the
+    // logging phase that submits its record.)
+    let gw = Gateway::start_accounts("", "");
+    let (id, _, token) = gw.signed_up("fresh-usage");
+    gw.admin_post(&format!("/v1/admin/accounts/{id}/credits"), json!({"amount_usd": "10"}));
+    let k = gw.call_ok("POST", &token, "/v1/keys", Some(json!({"name": "one"})), 201);
+    let key = k["key"].as_str().unwrap().to_string();
+    for n in 1..=3u64 {
+        let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(&key).json(&hello("mock/echo-1")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().unwrap();
+        let mut seen = 0;
+        for _ in 0..3 {
+            let u = gw.call_ok("GET", &token, "/v1/usage?group_by=", None, 200);
+            seen = u["total"]["requests"].as_u64().unwrap();
+            if seen == n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(seen, n, "the report right after request {n}");
+    }
+}
+
 /// Tiers by 30-day spend, with the operator's recompute as the controllable clock.
 #[test]
 fn the_tier_follows_thirty_day_spend() {
