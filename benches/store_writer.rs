@@ -8,7 +8,8 @@
 //! STORE_BENCH_BODY_IDS=random|mock|none chooses the upstream body ids (see [`BodyIds`]): with
 //! random ones, like a real provider's, the GENERATION_BY_BODY index costs about two thirds of
 //! the writer's CPU (a commit dirties a random leaf of it per request).
-//! One criterion iteration is ONE request's op; ops are committed in batches of [`BATCH`].
+//! One criterion iteration is ONE request's op; ops are committed in batches of [`BATCH`]
+//! (STORE_BENCH_BATCH).
 //! `thread CPU` is the committing thread's CPU time, user + system (what the writer thread
 //! costs the machine); wall time adds the fdatasync wait, which depends on the disk. Before
 //! criterion runs, two fixed phases (the pre-fill, then 100,000 more settles) print their CPU
@@ -33,8 +34,11 @@ use tollgate::store::{new_generation_id, now_millis, now_secs, GenerationRecord,
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Ops per transaction: about what 10 ms of lingering collects at 20k requests/s.
-const BATCH: u64 = 200;
+/// Ops per transaction (STORE_BENCH_BATCH, default 200: what the writer's old 10 ms linger
+/// collected at 20k requests/s; its 50 ms linger collects ~1,000).
+static BATCH: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("STORE_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(200)
+});
 const ACCOUNTS: u64 = 50;
 
 /// A scratch data dir, removed when dropped.
@@ -149,7 +153,7 @@ fn run(store: &Store, requests: &mut Requests, iters: u64, clock: fn() -> Durati
     let mut spent = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
-        let n = left.min(BATCH);
+        let n = left.min(*BATCH);
         let ops = requests.batch(n);
         let start = clock();
         store.commit_batch(black_box(&ops)).expect("commit");
