@@ -4,10 +4,10 @@
 //! costs ~160 µs. So no request ever writes: ops go down a channel to a dedicated OS thread that
 //! blocks for the first op, lingers while nobody waits (see [`LINGER`]), drains whatever else
 //! is queued (up to [`MAX_BATCH`]), applies it all in ONE transaction and commits with
-//! `Durability::Immediate`. Only then are waiters
-//! completed, so "acknowledged" always means "on disk". A settled request costs this thread
-//! ~4–6 µs of CPU at 200 per commit, ~15 µs when the provider's response ids are random (the
-//! body-id index: see `benches/store_writer.rs`).
+//! `Durability::Immediate`. Only then are waiters completed, so "acknowledged" always means
+//! "on disk". A settled request costs this thread ~3–4 µs of CPU at ~1,000 per commit, several
+//! times that when the provider's response ids are random (the body-id index: see
+//! `benches/store_writer.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
