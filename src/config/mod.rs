@@ -176,6 +176,15 @@ capabilities = ["tools", "vision", "json"]
     }
 
     #[test]
+    fn a_provider_name_that_cannot_be_a_header_is_a_config_error() {
+        let bad = GOOD.replace("[providers.other]", "[providers.\"oth\\ner\"]");
+        let e: Vec<String> = from_toml_with_env(&bad, &env).unwrap_err().iter().map(|e| e.to_string()).collect();
+        assert!(e.iter().any(|x| x.contains("control characters")), "{e:?}");
+        let c = from_toml_with_env(GOOD, &env).unwrap();
+        assert_eq!(c.providers["other"].name_header, "other");
+    }
+
+    #[test]
     fn base_url_forms() {
         let u = validate::parse_base_url("http://127.0.0.1:9000/v1/").unwrap();
         assert_eq!((u.tls, u.port, u.authority.as_str(), u.path_prefix.as_str()), (false, 9000, "127.0.0.1:9000", "/v1"));

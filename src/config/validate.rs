@@ -683,7 +683,7 @@ fn provider(
         None => None,
     };
     let name_header = http::HeaderValue::from_str(name).unwrap_or_else(|_| {
-        errs.push(path.clone(), "a provider's name must be printable ASCII (it is sent as X-Tollgate-Provider)");
+        errs.push(path.clone(), "a provider's name cannot contain control characters (it is sent as X-Tollgate-Provider)");
         http::HeaderValue::from_static("invalid")
     });
     Some(Provider {

@@ -172,7 +172,7 @@ impl BodyReplaySession {
                 HttpTask::Body(data, true) if self.pending.is_some() => {
                     let mut h = self.pending.take().expect("checked");
                     let len = data.as_ref().map_or(0, |d| d.len());
-                    super::local::edit_parts(&mut h, |parts| {
+                    super::header_parts::edit_response(&mut h, |parts| {
                         parts.headers.remove(http::header::TRANSFER_ENCODING);
                         parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
                     });

@@ -7,7 +7,7 @@
 //! - a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered 204 here, before
 //!   routing and without credentials, with the allowed methods, headers and max age;
 //! - every other response, errors and streams included, carries
-//!   `Access-Control-Allow-Origin` (via `local::stamp`), `Vary: Origin` and the gateway's
+//!   `Access-Control-Allow-Origin` (via `local::stamp_parts`), `Vary: Origin` and the gateway's
 //!   own headers in `Access-Control-Expose-Headers`.
 //!
 //! A disallowed origin, or a listener without a policy, gets no CORS header at all (the
@@ -19,7 +19,6 @@ use crate::api::Reply;
 use crate::config::snapshot::CorsPolicy;
 use crate::config::Config;
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,19 +98,19 @@ pub fn begin(session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
 }
 
 /// The CORS headers of an allowed cross-origin request's response.
-pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    let Some(a) = ctx.cors.as_ref() else { return Ok(()) };
+pub fn stamp(headers: &mut http::HeaderMap, ctx: &RequestCtx) {
+    use http::header::*;
+    let Some(a) = ctx.cors.as_ref() else { return };
     if a.policy.any_origin && !a.policy.allow_credentials {
-        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     } else {
-        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, a.origin.clone())?;
-        resp.append_header(http::header::VARY, "Origin")?;
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, a.origin.clone());
+        headers.append(VARY, HeaderValue::from_static("Origin"));
     }
     if a.policy.allow_credentials {
-        resp.insert_header(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
     }
-    resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE)?;
-    Ok(())
+    headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE));
 }
 
 #[cfg(test)]

@@ -209,70 +209,56 @@ impl ProxyHttp for Gateway {
         };
         let ok = (200..300).contains(&status);
         let provider = inf.provider.name_header.clone();
-        // Audio bytes pass through as they come; only their count of input characters,
-        // known from the request, is billed.
-        if ok && inf.endpoint == Endpoint::Speech {
+        // Audio bytes pass through as they come, header untouched; only their count of input
+        // characters, known from the request, is billed.
+        let reframe = if ok && inf.endpoint == Endpoint::Speech {
             ctx.units = Some(crate::billing::pricing::Units::Chars(inf.info.chars));
             ctx.status = status;
-            ctx.overhead_us = ctx.overhead_now();
-            local::edit_parts(resp, |parts| {
-                parts.headers.insert(local::names::X_TOLLGATE_PROVIDER, provider);
-                local::stamp_parts(parts, ctx)
-            })?;
-            return super::cors::stamp(resp, ctx);
-        }
-        // A provider that answers a stream request with plain JSON gets its JSON rewritten
-        // rather than fed to the SSE decoder, which would drop it.
-        let is_sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        ctx.body_mode = match (ok, inf.info.stream && is_sse) {
-            (true, true) => {
-                metrics::ACTIVE_STREAMS.inc();
-                ctx.stream_started = true;
-                BodyMode::Stream(super::wire::stream_meter(
-                    inf.provider.kind,
-                    &inf.model.slug,
-                    inf.info.include_usage,
-                    inf.via_chat,
-                ))
+            None
+        } else {
+            // A provider that answers a stream request with plain JSON gets its JSON rewritten
+            // rather than fed to the SSE decoder, which would drop it.
+            let is_sse = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            ctx.body_mode = match (ok, inf.info.stream && is_sse) {
+                (true, true) => {
+                    metrics::ACTIVE_STREAMS.inc();
+                    ctx.stream_started = true;
+                    BodyMode::Stream(super::wire::stream_meter(
+                        inf.provider.kind,
+                        &inf.model.slug,
+                        inf.info.include_usage,
+                        inf.via_chat,
+                    ))
+                }
+                (true, false) => BodyMode::Json(BytesMut::new()),
+                (false, _) => BodyMode::Error(BytesMut::new()),
+            };
+            // The body is rewritten, so its length changes: re-frame it. A collected (JSON)
+            // body goes out whole with its new length (the replay wrapper holds the header
+            // until then); a stream is sent in chunks.
+            let whole = matches!(ctx.body_mode, BodyMode::Json(_) | BodyMode::Error(_));
+            if let Some(slot) = ctx.replay.as_ref() {
+                slot.frame_whole_body(whole);
             }
-            (true, false) => BodyMode::Json(BytesMut::new()),
-            (false, _) => BodyMode::Error(BytesMut::new()),
+            // A provider 5xx is our 502; its own 4xx passes through with its status.
+            ctx.status = if status >= 500 { 502 } else { status };
+            Some(Reframe {
+                bad_gateway: status >= 500,
+                json_error: !ok,
+                chunked: (!whole || ctx.replay.is_none()) && session.req_header().version != http::Version::HTTP_2,
+            })
         };
-        // The body is rewritten, so its length changes: re-frame it. A collected (JSON) body
-        // goes out whole with its new length (the replay wrapper holds the header until then);
-        // a stream is sent in chunks.
-        let whole = matches!(ctx.body_mode, BodyMode::Json(_) | BodyMode::Error(_));
-        if let Some(slot) = ctx.replay.as_ref() {
-            slot.frame_whole_body(whole);
-        }
-        let chunked = (!whole || ctx.replay.is_none()) && session.req_header().version != http::Version::HTTP_2;
-        // A provider 5xx is our 502; its own 4xx passes through with its status.
-        let client_status = if status >= 500 { 502 } else { status };
-        ctx.status = client_status;
         ctx.overhead_us = ctx.overhead_now();
-        local::edit_parts(resp, |parts| {
-            if client_status != status {
-                parts.status = http::StatusCode::BAD_GATEWAY;
+        super::header_parts::edit_response(resp, |parts| {
+            if let Some(r) = reframe {
+                r.apply(parts);
             }
-            let headers = &mut parts.headers;
-            for name in &HIDDEN_UPSTREAM_HEADERS {
-                headers.remove(name);
-            }
-            headers.remove(http::header::CONTENT_LENGTH);
-            headers.reserve(8);
-            headers.insert(local::names::X_TOLLGATE_PROVIDER, provider);
-            if !ok {
-                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-            }
-            if chunked {
-                headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
-            }
+            parts.headers.insert(local::names::X_TOLLGATE_PROVIDER, provider);
             local::stamp_parts(parts, ctx)
-        })?;
-        super::cors::stamp(resp, ctx)
+        })
     }
 
     fn response_body_filter(
@@ -452,6 +438,37 @@ impl ProxyHttp for Gateway {
         }
         let settled = super::settle::finish(&self.app, ctx, e);
         access_log::record(&self.app, session, ctx, &settled);
+    }
+}
+
+/// How an inference response's header changes when its body is rewritten.
+#[derive(Clone, Copy)]
+struct Reframe {
+    /// A provider 5xx, answered as our 502.
+    bad_gateway: bool,
+    /// A provider error, whose body is rewritten into the contract's JSON shape.
+    json_error: bool,
+    /// The rewritten body goes out in chunks (its length is not known up front).
+    chunked: bool,
+}
+
+impl Reframe {
+    fn apply(self, parts: &mut http::response::Parts) {
+        if self.bad_gateway {
+            parts.status = http::StatusCode::BAD_GATEWAY;
+        }
+        let headers = &mut parts.headers;
+        for name in &HIDDEN_UPSTREAM_HEADERS {
+            headers.remove(name);
+        }
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.reserve(8);
+        if self.json_error {
+            headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        }
+        if self.chunked {
+            headers.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+        }
     }
 }
 

@@ -240,34 +240,19 @@ pub mod names {
     pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 }
 
-/// Edits a response header as plain `http` parts, letting go of Pingora's record of how each
-/// header name was spelled. Pingora's own `insert_header` parses the name, copies it, and keeps
-/// that second map in step (it must never fall out of step: Pingora asserts it when writing);
-/// a name from [`names`] goes into the plain map with no parse and no copy. Names are
-/// case-insensitive (RFC 9110 §5.1): without the record, standard names go out in their usual
-/// capitals and others in lowercase. Moving the parts out and back copies no header.
-pub fn edit_parts<T>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::response::Parts) -> T) -> T {
-    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
-    let mut parts: http::response::Parts = std::mem::replace(resp, empty).into();
-    let out = edit(&mut parts);
-    *resp = ResponseHeader::from(parts);
-    out
-}
-
 /// A header value from text the gateway made (ids): never fails for them, but say so if it does.
 pub fn text_value(text: &str) -> pingora::Result<http::HeaderValue> {
     http::HeaderValue::from_str(text)
         .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "header value", e))
 }
 
-/// The headers every response carries. Leaves `resp` without its case record (see
-/// [`edit_parts`]).
+/// The headers every response carries (CORS ones included). Leaves `resp` without its
+/// spelling record (see `header_parts`).
 pub fn stamp(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    edit_parts(resp, |parts| stamp_parts(parts, ctx))?;
-    super::cors::stamp(resp, ctx)
+    super::header_parts::edit_response(resp, |parts| stamp_parts(parts, ctx))
 }
 
-/// [`stamp`] on parts already taken out, without the CORS headers.
+/// [`stamp`] on parts already taken out.
 pub fn stamp_parts(parts: &mut http::response::Parts, ctx: &RequestCtx) -> pingora::Result<()> {
     use names::*;
     let headers = &mut parts.headers;
@@ -282,6 +267,7 @@ pub fn stamp_parts(parts: &mut http::response::Parts, ctx: &RequestCtx) -> pingo
         headers.insert(X_RATELIMIT_REMAINING, http::HeaderValue::from(rate.remaining));
         headers.insert(X_RATELIMIT_RESET, http::HeaderValue::from(rate.reset_secs));
     }
+    super::cors::stamp(headers, ctx);
     Ok(())
 }
 

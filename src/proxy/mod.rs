@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod front;
 pub mod gateway;
 pub mod guard;
+pub mod header_parts;
 pub mod head_syntax;
 pub mod local;
 pub mod read_body;

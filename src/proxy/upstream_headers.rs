@@ -48,45 +48,44 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
         None => inf.provider.credential_header.clone(),
     };
 
-    // Edited as plain `http` parts, like the response (see `local::edit_parts`): the provider
-    // sees standard names in their usual capitals and others in lowercase.
-    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts: http::request::Parts = std::mem::replace(req, empty).into();
-    let headers = &mut parts.headers;
-    // One pass over what the client sent (a handful of headers) rather than a lookup per
-    // dropped name: the dropped ones, and anything else that carries one of our keys (a
-    // custom auth header, a forwarded copy).
-    let mut doomed: Vec<http::HeaderName> = Vec::new();
-    for (name, value) in headers.iter() {
-        let drop = DROPPED.contains(&name.as_str()) || contains(value.as_bytes(), key_prefix.as_bytes());
-        if drop && !doomed.contains(name) {
-            doomed.push(name.clone());
-        }
-    }
-    for name in &doomed {
-        headers.remove(name);
-    }
-    headers.reserve(5);
-    headers.insert(http::header::HOST, up.host_header.clone());
-    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(inf.upstream_body_len));
     let content_type = match inf.content_type.as_deref() {
         None => http::HeaderValue::from_static("application/json"),
         Some(t) => http::HeaderValue::from_str(t)
             .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "content type", e))?,
     };
-    headers.insert(http::header::CONTENT_TYPE, content_type);
-    if inf.provider.kind == ProviderKind::Anthropic {
-        headers.insert(
-            http::HeaderName::from_static("anthropic-version"),
-            http::HeaderValue::from_static(crate::providers::anthropic::API_VERSION),
-        );
-    }
-    if let Some((name, value)) = credential {
-        headers.insert(name, value);
-    }
-    parts.uri = uri;
-    parts.method = http::Method::POST;
-    *req = RequestHeader::from(parts);
+    // The provider sees standard names in their usual capitals and others in lowercase (see
+    // `header_parts`).
+    super::header_parts::edit_request(req, |parts| {
+        let headers = &mut parts.headers;
+        // One pass over what the client sent (a handful of headers) rather than a lookup per
+        // dropped name: the dropped ones, and anything else that carries one of our keys (a
+        // custom auth header, a forwarded copy).
+        let mut doomed: Vec<http::HeaderName> = Vec::new();
+        for (name, value) in headers.iter() {
+            let drop = DROPPED.contains(&name.as_str()) || contains(value.as_bytes(), key_prefix.as_bytes());
+            if drop && !doomed.contains(name) {
+                doomed.push(name.clone());
+            }
+        }
+        for name in &doomed {
+            headers.remove(name);
+        }
+        headers.reserve(5);
+        headers.insert(http::header::HOST, up.host_header.clone());
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(inf.upstream_body_len));
+        headers.insert(http::header::CONTENT_TYPE, content_type);
+        if inf.provider.kind == ProviderKind::Anthropic {
+            headers.insert(
+                http::HeaderName::from_static("anthropic-version"),
+                http::HeaderValue::from_static(crate::providers::anthropic::API_VERSION),
+            );
+        }
+        if let Some((name, value)) = credential {
+            headers.insert(name, value);
+        }
+        parts.uri = uri;
+        parts.method = http::Method::POST;
+    });
     Ok(())
 }
 

@@ -36,7 +36,7 @@ pub const MAX_BATCH: usize = 2048;
 /// writer ~3.8 µs per request where a 10 ms one (~200) cost ~5.3 (`benches/store_writer.rs`,
 /// `STORE_BENCH_BATCH`). On `kill -9` the batch in the making is lost: the ledger and the
 /// balance (its sum) still agree, and the loss is charges (under-billing), never credits.
-/// `/generation` flushes on a miss, so a record is found as soon as its request was answered.
+/// `/generation` (on a miss) and `/usage` flush, so they see every request already answered.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A durable change.
@@ -315,17 +315,15 @@ impl Drop for StoreWriter {
     }
 }
 
-/// The thread body: block for one message, drain the queue, commit, repeat.
+/// The thread body: block for one message, linger, drain the queue, commit, repeat.
 fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
     let mut sink = Sink::Db(db);
     let mut shutting_down = false;
     loop {
-        let mut ops: Vec<(WriteOp, Option<Completion>)> = Vec::new();
-        let mut flushes: Vec<Completion> = Vec::new();
-        let mut hand_off = None;
+        let mut batch = Batch::default();
         if !shutting_down {
             match rx.recv() {
-                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
+                Ok(msg) => batch.add(msg),
                 Err(_) => break, // every handle dropped: nothing more can arrive
             }
             // Nobody waits on a fire-and-forget charge: linger so the batch fills. While the
@@ -335,14 +333,8 @@ fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
             // their latency is one commit.
             let until = std::time::Instant::now() + LINGER;
             loop {
-                while ops.len() < MAX_BATCH && hand_off.is_none() {
-                    match rx.try_recv() {
-                        Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
-                        Err(_) => break,
-                    }
-                }
-                let nobody_waits = flushes.is_empty() && ops.iter().all(|(_, done)| done.is_none());
-                if !nobody_waits || shutting_down || hand_off.is_some() || ops.len() >= MAX_BATCH {
+                batch.drain(&rx);
+                if batch.commit_now() {
                     break;
                 }
                 let left = until.saturating_duration_since(std::time::Instant::now());
@@ -353,14 +345,11 @@ fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
                 std::thread::park_timeout(left);
             }
         }
-        // Drain. Keep going after Shutdown too, so a submit that raced it is still written.
-        // Stop at a handoff: what follows it goes to the journal.
-        while ops.len() < MAX_BATCH && hand_off.is_none() {
-            match rx.try_recv() {
-                Ok(msg) => shutting_down |= sort(msg, &mut ops, &mut flushes, &mut hand_off),
-                Err(_) => break,
-            }
-        }
+        // Drain (again, after a linger cut short). Keep going after Shutdown too, so a submit
+        // that raced it is still written.
+        batch.drain(&rx);
+        shutting_down |= batch.shutdown;
+        let Batch { ops, flushes, hand_off, .. } = batch;
         let batch_empty = ops.is_empty();
         let all_ok = match &mut sink {
             Sink::Db(db) => write_batch(db, ops, stats),
@@ -389,20 +378,44 @@ fn run(db: Arc<Database>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
     }
 }
 
-/// Files one message into the batch; returns true for Shutdown.
-fn sort(
-    msg: Msg,
-    ops: &mut Vec<(WriteOp, Option<Completion>)>,
-    flushes: &mut Vec<Completion>,
-    hand_off: &mut Option<(Box<Journal>, Completion)>,
-) -> bool {
-    match msg {
-        Msg::Op(op, done) => ops.push((op, done)),
-        Msg::Flush(done) => flushes.push(done),
-        Msg::Shutdown => return true,
-        Msg::HandOff(journal, done) => *hand_off = Some((journal, done)),
+/// What the next transaction carries.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<(WriteOp, Option<Completion>)>,
+    flushes: Vec<Completion>,
+    hand_off: Option<(Box<Journal>, Completion)>,
+    shutdown: bool,
+}
+
+impl Batch {
+    fn add(&mut self, msg: Msg) {
+        match msg {
+            Msg::Op(op, done) => self.ops.push((op, done)),
+            Msg::Flush(done) => self.flushes.push(done),
+            Msg::Shutdown => self.shutdown = true,
+            Msg::HandOff(journal, done) => self.hand_off = Some((journal, done)),
+        }
     }
-    false
+
+    /// Takes what is queued, up to [`MAX_BATCH`] ops, and nothing past a handoff: what
+    /// follows it goes to the journal.
+    fn drain(&mut self, rx: &mpsc::Receiver<Msg>) {
+        while self.ops.len() < MAX_BATCH && self.hand_off.is_none() {
+            match rx.try_recv() {
+                Ok(msg) => self.add(msg),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Whether to stop lingering: somebody waits on this batch, or it is full.
+    fn commit_now(&self) -> bool {
+        !self.flushes.is_empty()
+            || self.shutdown
+            || self.hand_off.is_some()
+            || self.ops.len() >= MAX_BATCH
+            || self.ops.iter().any(|(_, done)| done.is_some())
+    }
 }
 
 /// Commits `ops` in one transaction; if that fails, retries each op in its own transaction so
