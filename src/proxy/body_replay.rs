@@ -28,7 +28,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
-use super::watchdog::Watchdog;
+use super::watchdog::{Alarm, Watchdog};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +73,7 @@ impl ReplaySlot {
             body: slot.body.clone(),
             slot: slot.session.clone(),
             watch,
+            alarm: Alarm::default(),
             frame: slot.frame.clone(),
             pending: None,
         };
@@ -117,6 +118,8 @@ pub struct BodyReplaySession {
     body: Arc<Mutex<Bytes>>,
     slot: Arc<Mutex<Option<ServerSession>>>,
     watch: Option<Arc<Watchdog>>,
+    /// The watchdog's sleep, kept between Pingora's calls of `read_body_or_idle`.
+    alarm: Alarm,
     /// See [`ReplaySlot::frame_whole_body`].
     frame: Arc<AtomicBool>,
     /// A response header held back until the body's length is known.
@@ -307,12 +310,13 @@ impl CustomSession for BodyReplaySession {
         // it for as long as it waits on the upstream, so the watchdog's deadlines end that
         // wait here.
         let _ = no_body_expected;
-        match self.watch.clone() {
-            None => self.m().read_body_or_idle(true).await,
-            Some(watch) => tokio::select! {
-                read = self.m().read_body_or_idle(true) => read,
-                kind = watch.expired() => Err(Watchdog::error(kind)),
-            },
+        let Some(watch) = self.watch.as_deref() else {
+            return self.m().read_body_or_idle(true).await;
+        };
+        let inner = self.inner.as_mut().expect("inner is Some until drop");
+        tokio::select! {
+            read = inner.read_body_or_idle(true) => read,
+            kind = watch.expired(&mut self.alarm) => Err(Watchdog::error(kind)),
         }
     }
     fn body_bytes_sent(&self) -> usize {

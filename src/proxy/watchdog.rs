@@ -54,6 +54,13 @@ pub const ETYPE_FIRST_BYTE: &str = "UpstreamFirstByteTimeout";
 pub const ETYPE_IDLE: &str = "UpstreamIdleTimeout";
 pub const ETYPE_TOTAL: &str = "UpstreamDeadline";
 
+type Sleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+
+/// The sleep [`Watchdog::expired`] waits on, and when it ends; kept by the caller between
+/// calls.
+#[derive(Default)]
+pub struct Alarm(Option<(Instant, Sleep)>);
+
 #[derive(Debug, Default)]
 pub struct Watchdog {
     /// The deadline in force and what it is. None: disarmed.
@@ -76,25 +83,32 @@ impl Watchdog {
     }
 
     /// Resolves when the deadline in force passes (never while disarmed). Cancel-safe: Pingora
-    /// drops and re-creates this future on every turn of its loop.
-    pub async fn expired(&self) -> TimeoutKind {
+    /// drops and re-creates this future on every turn of its loop (once per upstream chunk),
+    /// so the sleep itself lives in `alarm`, which the caller keeps across those turns: a
+    /// turn that finds a sleep ending no later than the deadline waits on it instead of
+    /// registering another timer. The deadline moves later on every chunk (idle), so a
+    /// stream registers a timer when a kept sleep ends early, not once per chunk.
+    pub async fn expired(&self, alarm: &mut Alarm) -> TimeoutKind {
         loop {
-            match self.get() {
-                None => std::future::pending::<()>().await,
-                Some((at, kind)) => {
-                    if Instant::now() >= at {
-                        return kind;
-                    }
-                    // Pingora's shared 10 ms-tick timer, not a tokio timer per attempt: see front.rs.
-                    pingora::time::fast_timeout::fast_sleep(at.saturating_duration_since(Instant::now())).await;
-                    // Re-read: the deadline may have moved while this slept.
-                    if let Some((now_at, now_kind)) = self.get() {
-                        if Instant::now() >= now_at {
-                            return now_kind;
-                        }
-                    }
-                }
+            let Some((at, kind)) = self.get() else {
+                return std::future::pending().await;
+            };
+            let now = Instant::now();
+            if now >= at {
+                return kind;
             }
+            let sleep = match &mut alarm.0 {
+                // Waking before `at` only costs a re-check.
+                Some((until, sleep)) if *until <= at => sleep,
+                slot => {
+                    // Pingora's shared 10 ms-tick timer, not a tokio timer per attempt: see front.rs.
+                    let sleep: Sleep = Box::pin(pingora::time::fast_timeout::fast_sleep(at - now));
+                    &mut slot.insert((at, sleep)).1
+                }
+            };
+            sleep.await;
+            // Spent: never polled again. The loop re-reads the deadline, which may have moved.
+            alarm.0 = None;
         }
     }
 
@@ -124,16 +138,46 @@ mod tests {
         let w = Watchdog::default();
         let now = Instant::now();
         w.arm(now + Duration::from_millis(30), TimeoutKind::FirstByte, now + Duration::from_secs(5));
+        let mut alarm = Alarm::default();
         let t = Instant::now();
-        assert_eq!(w.expired().await, TimeoutKind::FirstByte);
+        assert_eq!(w.expired(&mut alarm).await, TimeoutKind::FirstByte);
         assert!(t.elapsed() >= Duration::from_millis(25));
         // The total deadline wins when it comes first.
         let now = Instant::now();
         w.arm(now + Duration::from_secs(5), TimeoutKind::Idle, now + Duration::from_millis(10));
-        assert_eq!(w.expired().await, TimeoutKind::Total);
+        assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Total);
         // Disarmed: never fires.
         w.disarm();
-        let r = tokio::time::timeout(Duration::from_millis(30), w.expired()).await;
+        let r = tokio::time::timeout(Duration::from_millis(30), w.expired(&mut alarm)).await;
         assert!(r.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_kept_sleep_serves_later_deadlines_and_yields_to_earlier_ones() {
+        let w = Watchdog::default();
+        let mut alarm = Alarm::default();
+        let total = Instant::now() + Duration::from_secs(5);
+        // Armed, then the waiting future is dropped (Pingora's next loop turn): the sleep stays.
+        w.arm(Instant::now() + Duration::from_millis(80), TimeoutKind::FirstByte, total);
+        let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
+        assert!(r.is_err());
+        let kept = alarm.0.as_ref().map(|(until, _)| *until).expect("a sleep is kept");
+        // A later deadline (the idle timer after a chunk) keeps the earlier sleep ...
+        w.arm(Instant::now() + Duration::from_millis(200), TimeoutKind::Idle, total);
+        let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
+        assert!(r.is_err());
+        assert_eq!(alarm.0.as_ref().map(|(until, _)| *until), Some(kept));
+        // ... and still fires at the later one, not at the kept sleep's end.
+        let t = Instant::now();
+        assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Idle);
+        assert!(t.elapsed() >= Duration::from_millis(150), "fired after {:?}", t.elapsed());
+        // An earlier deadline replaces a later sleep.
+        w.arm(Instant::now() + Duration::from_secs(3), TimeoutKind::Idle, total);
+        let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
+        assert!(r.is_err());
+        w.arm(Instant::now() + Duration::from_millis(30), TimeoutKind::Idle, total);
+        let t = Instant::now();
+        assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Idle);
+        assert!(t.elapsed() < Duration::from_secs(1), "fired after {:?}", t.elapsed());
     }
 }
