@@ -94,9 +94,18 @@ pub fn start_watchdog(bench: &'static str, budget: Duration) {
     });
 }
 
-/// A port that was free a moment ago (the tiny race is acceptable on a bench machine).
+/// A port that was free a moment ago and not handed out before by this process (the OS may
+/// offer a just-closed port again: two servers of one run must not be given the same one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,12 @@ impl ConfigHandle {
         self.current.load_full()
     }
 
+    /// The connection limits in force, copied out of the snapshot without pinning it (no
+    /// reference count taken: the front reads them once per request on every connection).
+    pub fn limits(&self) -> snapshot::Limits {
+        self.current.load().server.limits.clone()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -371,6 +371,7 @@ fn server_settings(
     if let Some(addr) = s.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
         check_addr("server.metrics_listen", addr, errs);
     }
+    distinct_listeners(s, errs);
     if s.key_prefix.is_empty() || !s.key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
         errs.push("server.key_prefix", "must be non-empty printable ASCII");
     }
@@ -590,6 +591,27 @@ fn usd_amount(path: &str, usd: f64, errs: &mut Errors) -> Nano {
         Err(e) => {
             errs.push(path, e);
             0
+        }
+    }
+}
+
+/// Every listener needs a port of its own: two on one port (or one on `0.0.0.0:P` and another
+/// on a specific address with port P) would either fail to bind or, worse, split connections
+/// between the proxy and the metrics endpoint.
+fn distinct_listeners(s: &ServerFile, errs: &mut Errors) {
+    let all = (s.listen.iter().enumerate().map(|(i, a)| (format!("server.listen[{i}]"), a)))
+        .chain(s.tls_listen.iter().enumerate().map(|(i, a)| (format!("server.tls_listen[{i}]"), a)))
+        .chain(s.metrics_listen.iter().filter(|a| !a.is_empty()).map(|a| ("server.metrics_listen".to_string(), a)));
+    let mut seen: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    for (path, text) in all {
+        let Ok(addr) = text.parse::<std::net::SocketAddr>() else { continue };
+        let clash = seen.iter().find(|(_, other)| {
+            other.port() == addr.port()
+                && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
+        });
+        match clash {
+            Some((first, _)) => errs.push(path, format!("'{text}' takes the port of {first}: every listener needs its own")),
+            None => seen.push((path, addr)),
         }
     }
 }
@@ -870,6 +892,17 @@ mod account_settings_tests {
         .unwrap_err();
         assert!(e.iter().any(|m| m.starts_with("billing.tiers[0].min_spend_usd")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("billing.tiers[1].markup_percent")), "{e:?}");
+    }
+
+    #[test]
+    fn every_listener_has_a_port_of_its_own() {
+        let e = load("tls_listen = [\"0.0.0.0:8080\"]\nmetrics_listen = \"127.0.0.1:8080\"\n", &no_env).unwrap_err();
+        let on = |path: &str| e.iter().any(|m| m.starts_with(path) && m.contains("takes the port of server.listen[0]"));
+        assert!(on("server.tls_listen[0]") && on("server.metrics_listen"), "{e:?}");
+        // Other ports, or the same port on two different specific addresses, are fine.
+        assert!(load("metrics_listen = \"127.0.0.1:9464\"\n", &no_env).is_ok());
+        let two = "[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.2:8080\"]\n";
+        assert!(crate::config::from_toml_with_env(two, &no_env).is_ok());
     }
 
     #[test]

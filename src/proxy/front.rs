@@ -105,7 +105,7 @@ where
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // In a block: the limits must not stay in this future for the connection's life.
         let _slot = {
-            let limits = self.app.config.pin().server.limits.clone();
+            let limits = self.app.config.limits();
             match peer {
                 Some(ip) => match CONNECTIONS.acquire(ip, limits.max_connections_per_ip) {
                     Some(slot) => slot,
@@ -136,13 +136,15 @@ where
         }
 
         let mut shutdown_rx = shutdown.clone();
-        let mut stream = Prefixed::new(stream);
+        // Boxed once for the connection's life: Pingora takes the stream as a `Box<dyn IO>` for
+        // each request and hands the same box back.
+        let mut stream = Box::new(Prefixed::new(stream));
         let mut persistent = None;
         let mut fresh = true;
         loop {
             // Pinned per request: a reload applies to the next request of a kept-alive
             // connection.
-            let limits = self.app.config.pin().server.limits.clone();
+            let limits = self.app.config.limits();
             match read_head(&mut stream, &limits, fresh, &mut shutdown_rx).await {
                 Next::Ready => {}
                 Next::Close => return None,
@@ -156,7 +158,7 @@ where
             // future across the await (the future's size is that of its largest state, and
             // a whole `ServerSession` would widen every idle connection's task).
             let serving = {
-                let mut session = ServerSession::new_http1(Box::new(stream));
+                let mut session = ServerSession::new_http1(stream);
                 match persistent.take() {
                     Some(p) => pingora::apps::HttpPersistentSettings::apply_to_session(p, &mut session),
                     None => {
@@ -170,7 +172,7 @@ where
             let reused = serving.await?;
             let (next, settings) = reused.consume();
             // The stream Pingora hands back is the one given to it.
-            stream = *next.into_any().downcast::<Prefixed>().ok()?;
+            stream = next.into_any().downcast::<Prefixed>().ok()?;
             persistent = settings;
             fresh = false;
             if *shutdown.borrow() {

@@ -15,8 +15,19 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// A loopback port that was free a moment ago and that this process has not handed out
+/// before: the OS may offer a just-closed port again, and a gateway given the same port for its
+/// proxy and its metrics listener answers requests with Prometheus text.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn wait_for_port(port: u16, timeout: Duration) {

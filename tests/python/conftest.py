@@ -20,10 +20,19 @@ ADMIN = "sdk-admin-token-0123456789"
 PROVIDER_KEY = "sdk-provider-key"
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free a moment ago and never handed out before in this session (the OS
+    may offer a just-closed port again; two servers must not be given the same one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def wait_http(url, timeout=20.0):
