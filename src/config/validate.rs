@@ -595,9 +595,9 @@ fn usd_amount(path: &str, usd: f64, errs: &mut Errors) -> Nano {
     }
 }
 
-/// Every listener needs a port of its own: two on one port (or one on `0.0.0.0:P` and another
-/// on a specific address with port P) would either fail to bind or, worse, split connections
-/// between the proxy and the metrics endpoint.
+/// Every listener needs a port of its own: two on one port (or one on an unspecified address,
+/// `0.0.0.0:P` or `[::]:P`, and another on port P of an address it covers) would either fail
+/// to bind or, worse, split connections between the proxy and the metrics endpoint.
 fn distinct_listeners(s: &ServerFile, errs: &mut Errors) {
     let all = (s.listen.iter().enumerate().map(|(i, a)| (format!("server.listen[{i}]"), a)))
         .chain(s.tls_listen.iter().enumerate().map(|(i, a)| (format!("server.tls_listen[{i}]"), a)))
@@ -605,15 +605,22 @@ fn distinct_listeners(s: &ServerFile, errs: &mut Errors) {
     let mut seen: Vec<(String, std::net::SocketAddr)> = Vec::new();
     for (path, text) in all {
         let Ok(addr) = text.parse::<std::net::SocketAddr>() else { continue };
-        let clash = seen.iter().find(|(_, other)| {
-            other.port() == addr.port()
-                && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
-        });
+        let clash = seen.iter().find(|(_, other)| other.port() == addr.port() && overlaps(other.ip(), addr.ip()));
         match clash {
             Some((first, _)) => errs.push(path, format!("'{text}' takes the port of {first}: every listener needs its own")),
             None => seen.push((path, addr)),
         }
     }
+}
+
+/// Whether listening on `a` and on `b` (same port) competes for the same connections: one
+/// address, or an unspecified one covering the other (`0.0.0.0` covers IPv4 only; `[::]` is
+/// dual-stack on Linux and covers both).
+fn overlaps(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    let covers = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a == b || covers(a, b) || covers(b, a)
 }
 
 fn check_addr(path: &str, addr: &str, errs: &mut Errors) {
@@ -903,6 +910,11 @@ mod account_settings_tests {
         assert!(load("metrics_listen = \"127.0.0.1:9464\"\n", &no_env).is_ok());
         let two = "[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.2:8080\"]\n";
         assert!(crate::config::from_toml_with_env(two, &no_env).is_ok());
+        // 0.0.0.0 covers IPv4 only; [::] covers both.
+        let v4_v6 = "[server]\nlisten = [\"0.0.0.0:8080\", \"[::1]:8080\"]\n";
+        assert!(crate::config::from_toml_with_env(v4_v6, &no_env).is_ok());
+        let dual = "[server]\nlisten = [\"[::]:8080\", \"127.0.0.1:8080\"]\n";
+        assert!(crate::config::from_toml_with_env(dual, &no_env).is_err());
     }
 
     #[test]

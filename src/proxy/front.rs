@@ -142,7 +142,7 @@ where
         let mut persistent = None;
         let mut fresh = true;
         loop {
-            // Pinned per request: a reload applies to the next request of a kept-alive
+            // Read per request: a reload applies to the next request of a kept-alive
             // connection.
             let limits = self.app.config.limits();
             match read_head(&mut stream, &limits, fresh, &mut shutdown_rx).await {
