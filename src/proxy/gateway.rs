@@ -145,6 +145,22 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // HTTP/1 in the clear: the request's head waits for its body (one segment).
+        if peer.scheme == pingora::upstreams::peer::Scheme::HTTP {
+            super::coalesce::cork_until_yield(fd);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod attempt;
 pub mod body_replay;
+pub mod coalesce;
 pub mod cors;
 pub mod ctx;
 pub mod endpoints;

@@ -1,0 +1,111 @@
+//! One segment for an upstream request's head and body (plain-HTTP/1 providers).
+//!
+//! Pingora writes an upstream HTTP/1 request as two flushed writes, the head and then the
+//! body, so a small chat request leaves as two segments and the provider wakes up for a head
+//! it cannot act on before the body follows (strace of the load bench: 139 + 67 bytes).
+//! On loopback each segment costs the sender the receiver's wake-up as well as its own send.
+//!
+//! The gateway always has the whole body before it connects (it rewrote it), and Pingora
+//! writes head and body in the same poll of the request's task, then waits for the answer.
+//! So [`cork_until_yield`] sets `TCP_CORK` on the socket once the connection is ready and
+//! spawns a task that clears it: spawned from a runtime worker, that task lands in the
+//! worker's LIFO slot and runs as soon as the request's task yields, which it does once it
+//! has written the body and waits for the answer. Clearing the cork pushes head and body as
+//! one segment. Measured in the load bench: the mock's CPU per request −2.3 µs, the
+//! gateway's −1.6 µs, throughput +4.6 % (README).
+//!
+//! If the clearing task runs early (another worker), the head simply leaves alone, as
+//! before; if it ran late, the kernel still sends a corked segment after 200 ms. TLS
+//! providers are left alone: they speak HTTP/2, whose frames Pingora already writes together.
+
+use std::os::unix::io::RawFd;
+
+/// Sets `TCP_CORK` on `fd` now and clears it when the calling task next yields.
+/// Call it from a task on a runtime worker, on a socket whose next writes are one request.
+pub fn cork_until_yield(fd: RawFd) {
+    if fd < 0 || !set_cork(fd, true) {
+        return;
+    }
+    // The fd stays open until the answer has been read, which needs the cork cleared
+    // first. Should the connection die before the task runs and its number be reused,
+    // clearing TCP_CORK on a socket that is not corked does nothing.
+    tokio::spawn(async move {
+        set_cork(fd, false);
+    });
+}
+
+/// Whether the option was set (a non-TCP or closed fd just says no).
+fn set_cork(fd: RawFd, on: bool) -> bool {
+    let v = libc::c_int::from(on);
+    // SAFETY: a plain setsockopt with a pointer to an int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read};
+    use std::os::unix::io::AsRawFd;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    const HEAD: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n";
+
+    /// What the server can read right now, without waiting.
+    fn read_now(server: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        match server.read(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    #[test]
+    fn head_and_body_leave_together_when_the_task_yields() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (head_alone, first_read) = rt.block_on(async move {
+            tokio::spawn(async move {
+                let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+                client.set_nodelay(true).unwrap();
+                let (mut server, _) = listener.accept().unwrap();
+                server.set_nonblocking(true).unwrap();
+                cork_until_yield(client.as_raw_fd());
+                // Writes that do not yield, like Pingora's head and body writes on a socket
+                // with room to send.
+                client.write_all(HEAD).await.unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                let head_alone = read_now(&mut server);
+                client.write_all(b"hello").await.unwrap();
+                // Yield: the cork is cleared and both leave in one segment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (head_alone, read_now(&mut server))
+            })
+            .await
+            .unwrap()
+        });
+        assert!(head_alone.is_empty(), "the head left before its body: {head_alone:?}");
+        assert_eq!(first_read, [HEAD, b"hello"].concat());
+    }
+
+    #[test]
+    fn a_bad_fd_is_left_alone() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            cork_until_yield(-1);
+            let f = std::fs::File::open("/dev/null").unwrap();
+            cork_until_yield(f.as_raw_fd()); // not a socket: setsockopt fails, nothing spawned
+        });
+    }
+}
