@@ -71,6 +71,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 const TARGET_THROUGHPUT_RATIO: f64 = 0.80;
+/// The second and third pass-through / gateway pairs (see the runs).
+const PT_PAIR2: &str = "Pingora pass-through → mock (2nd pair)";
+const GW_PAIR2: &str = "gateway → mock (2nd pair)";
+const PT_PAIR3: &str = "Pingora pass-through → mock (3rd pair)";
+const GW_PAIR3: &str = "gateway → mock (3rd pair)";
 const TARGET_OVERHEAD_P99_US: u32 = 150;
 const TARGET_IDLE_RSS_MB: f64 = 30.0;
 /// With one of two routes failing every request, once it is ejected.
@@ -234,10 +239,10 @@ fn machine_busy() -> Option<Duration> {
 
 fn run_bench() {
     let settings = Settings::from_env();
-    // Eleven runs (unless TLS only) and five TLS runs of warm-up + measurement + the request
+    // Fifteen runs (unless TLS only) and five TLS runs of warm-up + measurement + the request
     // timeout, two idle-connection runs, plus startup and setup.
     let per_run = WARMUP + Duration::from_secs(settings.secs) + REQUEST_TIMEOUT;
-    let runs = if settings.tls_only { 5 } else { 16 };
+    let runs = if settings.tls_only { 5 } else { 20 };
     start_watchdog("load bench", per_run * runs + STARTUP_TIMEOUT * 4 + Duration::from_secs(180));
     // The idle-connection runs hold thousands of sockets here and in the gateway (which
     // inherits the limit): raise the soft fd limit before anything is spawned.
@@ -368,6 +373,14 @@ fn run_bench() {
         Target::new("mock directly", mock_port, PROVIDER_KEY, &plain, false, None, mock_pid),
         Target::new("Pingora pass-through → mock", pass_port, PROVIDER_KEY, &plain, false, Some(pass_pid), mock_pid),
         Target::new("gateway → mock", gw_port, &key, &gw_json, false, Some(gw_pid), mock_pid),
+        // Two more pass-through/gateway pairs, back to back: one run of either varies by up to
+        // a fifth from one run to the next on this VM (the pass-through from 24.8k to 30.5k req/s
+        // in two runs of the same build), so the throughput target takes the median of the
+        // three pairs' ratios.
+        Target::new(PT_PAIR2, pass_port, PROVIDER_KEY, &plain, false, Some(pass_pid), mock_pid),
+        Target::new(GW_PAIR2, gw_port, &key, &gw_json, false, Some(gw_pid), mock_pid),
+        Target::new(PT_PAIR3, pass_port, PROVIDER_KEY, &plain, false, Some(pass_pid), mock_pid),
+        Target::new(GW_PAIR3, gw_port, &key, &gw_json, false, Some(gw_pid), mock_pid),
         Target::new("gateway → mock, streaming", gw_port, &key, &gw_stream, true, Some(gw_pid), mock_pid),
         Target::new("gateway → 2 healthy routes", gw_port, &key, &gw_two, false, Some(gw_pid), mock_pid),
         Target::new("gateway → 2 routes, one failing (ejected)", gw_port, &key, &gw_half, false, Some(gw_pid), mock_pid),
@@ -1240,21 +1253,27 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         ));
     }
 
-    // Targets. Results are in run order: mock, pass-through, gateway, gateway streaming.
+    // Targets. Results are in run order: mock, pass-through, gateway, two more pass-through /
+    // gateway pairs, gateway streaming, …
     let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    let (pt, gw, gws) = (&results[1], &results[2], &results[3]);
-    let ratio = rps(gw) / rps(pt);
+    let (pt, gw, gws) = (&results[1], &results[2], &results[7]);
+    let mut pairs = [(pt, gw), (&results[3], &results[4]), (&results[5], &results[6])];
+    assert!(pairs[1].0.name == PT_PAIR2 && pairs[2].1.name == GW_PAIR3, "runs out of order");
+    pairs.sort_by(|a, b| (rps(a.1) / rps(a.0)).total_cmp(&(rps(b.1) / rps(b.0))));
+    let (mid_pt, mid_gw) = pairs[1];
+    let ratio = rps(mid_gw) / rps(mid_pt);
     let p99 = |r: &RunResult| percentile(&r.overhead_us, 0.99);
     let worst_p99 = p99(gw).into_iter().chain(p99(gws)).max();
     let idle_mb = mb(idle_rss_kib);
     out.push_str("\n## Targets\n\n");
     out.push_str(&format!(
-        "- {} — gateway throughput ≥ {:.0}% of the bare Pingora pass-through (non-streaming): {:.0} vs {:.0} req/s = {:.1}%\n",
+        "- {} — gateway throughput ≥ {:.0}% of the bare Pingora pass-through (non-streaming), the median of three back-to-back pairs: {:.0} vs {:.0} req/s = {:.1}% (pairs: {})\n",
         pass(ratio >= TARGET_THROUGHPUT_RATIO),
         TARGET_THROUGHPUT_RATIO * 100.0,
-        rps(gw),
-        rps(pt),
+        rps(mid_gw),
+        rps(mid_pt),
         ratio * 100.0,
+        pairs.iter().map(|(p, g)| format!("{:.1}%", rps(g) / rps(p) * 100.0)).collect::<Vec<_>>().join(", "),
     ));
     out.push_str(&format!(
         "- {} — p99 X-Tollgate-Overhead-Us ≤ {TARGET_OVERHEAD_P99_US} µs: {} µs (JSON), {} µs (streaming)\n",
@@ -1267,9 +1286,9 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         pass(idle_mb <= TARGET_IDLE_RSS_MB),
     ));
 
-    // Routing: results 4 (two healthy routes), 5 (one failing, ejected), 6 (every request
+    // Routing: results 8 (two healthy routes), 9 (one failing, ejected), 10 (every request
     // fails over).
-    let (two, half, always) = (&results[4], &results[5], &results[6]);
+    let (two, half, always) = (&results[8], &results[9], &results[10]);
     let ratio = rps(half) / rps(two);
     out.push_str(&format!(
         "- {} — with one of two routes failing every request (ejected during warm-up), throughput ≥ {:.0}% of two healthy routes: {:.0} vs {:.0} req/s = {:.1}%\n",
@@ -1293,8 +1312,8 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
     ));
     // Limits: result 8 (a key with rate, token, daily and monthly limits) vs the mean of
     // results 7 and 9, the plain key just before and after it.
-    let limited = &results[8];
-    let plain = (rps(&results[7]) + rps(&results[9])) / 2.0;
+    let limited = &results[12];
+    let plain = (rps(&results[11]) + rps(&results[13])) / 2.0;
     let ratio = rps(limited) / plain;
     out.push_str(&format!(
         "- {} — throughput with every per-key limit checked within 5% of no limits: {:.0} vs {:.0} req/s \
@@ -1305,7 +1324,7 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         ratio * 100.0,
     ));
     // Translation: result 10, an Anthropic stream translated chunk by chunk.
-    let claude = &results[10];
+    let claude = &results[14];
     out.push_str(&format!(
         "- info — Anthropic-translated streaming: {:.0} req/s vs {:.0} req/s for OpenAI-format streaming; overhead p99 {} µs\n",
         rps(claude),
