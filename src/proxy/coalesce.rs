@@ -27,8 +27,9 @@ pub fn cork_until_yield(fd: RawFd) {
         return;
     }
     // The fd stays open until the answer has been read, which needs the cork cleared
-    // first. Should the connection die before the task runs and its number be reused,
-    // clearing TCP_CORK on a socket that is not corked does nothing.
+    // first. Should the connection die before the task runs and its number be reused, the
+    // stray clear lands on another socket: on an uncorked one it does nothing, on one corked
+    // by another request it only sends that request's head early.
     tokio::spawn(async move {
         set_cork(fd, false);
     });
@@ -102,10 +103,13 @@ mod tests {
     #[test]
     fn a_bad_fd_is_left_alone() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // Not a socket: setsockopt says no, so nothing is spawned (and nothing panics).
+        assert!(!set_cork(f.as_raw_fd(), true));
+        assert!(!set_cork(-1, true));
         rt.block_on(async {
             cork_until_yield(-1);
-            let f = std::fs::File::open("/dev/null").unwrap();
-            cork_until_yield(f.as_raw_fd()); // not a socket: setsockopt fails, nothing spawned
+            cork_until_yield(f.as_raw_fd());
         });
     }
 }
