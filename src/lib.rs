@@ -6,8 +6,9 @@
 //! (nano-USD money, reservations and settlement), `store` (redb and its batching writer),
 //! `api` (routes answered without an upstream), `limits` (per-key rate limits) and `mock`
 //! (the project's own fake provider for tests, benches and the demo), `tls` (the listener's
-//! certificates by SNI with hot reload, and upstream trust).
+//! certificates by SNI with hot reload, and upstream trust), `alloc` (the process's allocator).
 
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod billing;

@@ -5,9 +5,10 @@ use clap::{Parser, Subcommand};
 
 // glibc malloc showed up under load as ~20% of the gateway's samples, much of it lock
 // contention when one thread frees what another allocated (the store writer and the access
-// log free what request threads built); jemalloc's thread caches avoid that.
+// log free what request threads built); jemalloc's thread caches avoid that. `alloc.rs` adds
+// a per-thread cache for Pingora's 64 KiB body buffers, which jemalloc's own cache skips.
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: tollgate::alloc::Allocator = tollgate::alloc::Allocator;
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -141,11 +141,14 @@ where
         let mut stream = Box::new(Prefixed::new(stream));
         let mut persistent = None;
         let mut fresh = true;
+        // The wait for each request's first byte, one timer for the connection's life (see
+        // `read_head`). Created unarmed: nothing is registered until it is first awaited.
+        let mut waiting = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         loop {
             // Read per request: a reload applies to the next request of a kept-alive
             // connection.
             let limits = self.app.config.limits();
-            match read_head(&mut stream, &limits, fresh, &mut shutdown_rx).await {
+            match read_head(&mut stream, &limits, fresh, waiting.as_mut(), &mut shutdown_rx).await {
                 Next::Ready => {}
                 Next::Close => return None,
                 Next::Refuse(e) => {
@@ -187,17 +190,31 @@ fn is_h2(stream: &Stream) -> bool {
 }
 
 /// Buffer one request header (see the module doc for the bounds).
-async fn read_head(s: &mut Prefixed, limits: &Limits, fresh: bool, shutdown: &mut ShutdownWatch) -> Next {
+///
+/// `waiting` bounds the wait for the request's first byte. It is the connection's one tokio
+/// timer, moved later before each wait: a tokio timer whose deadline only moves later is
+/// extended in place (an atomic store; the timer wheel looks again when the old deadline
+/// comes), where a timer per wait, Pingora's or tokio's, is registered and cancelled for
+/// every request of a kept-alive connection.
+async fn read_head(
+    s: &mut Prefixed,
+    limits: &Limits,
+    fresh: bool,
+    mut waiting: Pin<&mut tokio::time::Sleep>,
+    shutdown: &mut ShutdownWatch,
+) -> Next {
     if s.buf.is_empty() {
         // Waiting for a request to start: a new connection gets the header timeout, an idle
         // kept-alive one the keep-alive timeout. Shutdown closes idle connections at once.
         let idle = if fresh { limits.header_timeout } else { limits.keepalive_timeout };
+        waiting.as_mut().reset(tokio::time::Instant::now() + idle);
         tokio::select! {
             biased;
-            r = fast_timeout(idle, s.fill_first()) => match r {
-                Ok(Ok(n)) if n > 0 => {}
+            r = s.fill_first() => match r {
+                Ok(n) if n > 0 => {}
                 _ => return Next::Close,
             },
+            _ = waiting => return Next::Close,
             _ = shutdown.changed() => return Next::Close,
         }
     }

@@ -131,11 +131,20 @@ impl ProxyHttp for Gateway {
             peer.options.connection_timeout = Some(connect);
             peer.options.total_connection_timeout = Some(connect);
             // The watchdog enforces first byte, idle and total; Pingora's per-read timeout is
-            // only a backstop behind it.
+            // only a backstop behind it. Over HTTP/1 it is left off: every response read waits
+            // (the provider has not answered yet), so a per-read timeout registers a timer per
+            // request and per chunk, while the watchdog already bounds each of those waits and
+            // a connection it abandons is never pooled. Over HTTP/2 it stays: Pingora retires
+            // a hung h2 connection (shared by other streams) only on its own read timeout.
+            // Writes rarely wait, and a timeout's timer only starts when one does.
             let backstop = t.first_byte.max(t.idle) + Duration::from_secs(1);
-            peer.options.read_timeout = Some(backstop);
+            let may_use_h2 = up.tls && provider.http2; // see tls::upstream_peer_options
+            peer.options.read_timeout = may_use_h2.then_some(backstop);
             peer.options.write_timeout = Some(backstop);
-            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            // No idle timeout on pooled connections (Pingora's default): the pool already
+            // drops one the provider closes, keeps at most its configured number (LRU), and a
+            // stale one is retried on the same route (`error_while_proxy`). A timeout would
+            // register a timer every time a connection goes back to the pool, i.e. per request.
             if up.tls {
                 crate::tls::upstream_peer_options(&mut peer, &provider); // h2, CA bundle
             }

@@ -89,6 +89,26 @@ pub fn prepare(req: &mut RequestHeader, inf: &Inference, key_prefix: &str) -> Re
     Ok(())
 }
 
+/// Whether `needle` occurs in `haystack`. Header values are short and the needle (the key
+/// prefix) is a few bytes: looking for its first byte and comparing beats building a
+/// `memmem` searcher per call.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
+    let Some((&first, _)) = needle.split_first() else { return false };
+    memchr::memchr_iter(first, haystack).any(|i| haystack[i..].starts_with(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+
+    #[test]
+    fn finds_the_key_prefix_anywhere_in_a_value() {
+        assert!(contains(b"Bearer sk-tg-abc", b"sk-tg-"));
+        assert!(contains(b"sk-tg-", b"sk-tg-"));
+        assert!(contains(b"ssk-sk-tg-x", b"sk-tg-"), "a partial match before the real one");
+        assert!(!contains(b"Bearer sk-t", b"sk-tg-"), "cut short at the end");
+        assert!(!contains(b"sk-other", b"sk-tg-"));
+        assert!(!contains(b"", b"sk-tg-"));
+        assert!(!contains(b"anything", b""), "an empty prefix matches nothing");
+    }
 }

@@ -5,6 +5,8 @@
 //! scan is a byte-level walk of the top-level members, and only happens when the body mentions
 //! `"models"` or `"provider"` at all, so ordinary requests pay one `memmem` each.
 
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 use crate::api::error::ApiError;
 use crate::providers::json_scan::{self, ObjectScanner};
 use serde::Deserialize;
@@ -57,8 +59,11 @@ pub struct RoutingOpts {
 /// the endpoint's parser to refuse. When `model` is absent and `models` is not, the first of
 /// `models` becomes `model`.
 pub fn extract(body: &[u8]) -> Result<(Option<Vec<u8>>, RoutingOpts), ApiError> {
-    let finder = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    if !finder(b"\"models\"") && !finder(b"\"provider\"") {
+    // Built once: a `memmem::find` call builds its searcher every time, which costs more than
+    // searching a small body.
+    static MODELS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"models\""));
+    static PROVIDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"provider\""));
+    if MODELS.find(body).is_none() && PROVIDER.find(body).is_none() {
         return Ok((None, RoutingOpts::default()));
     }
     let Ok(mut scan) = ObjectScanner::new(body) else { return Ok((None, RoutingOpts::default())) };
