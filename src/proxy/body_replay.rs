@@ -73,7 +73,7 @@ impl ReplaySlot {
             body: slot.body.clone(),
             slot: slot.session.clone(),
             watch,
-            alarm: Alarm::default(),
+            alarm: Alarm::for_this_connection(),
             frame: slot.frame.clone(),
             pending: None,
         };

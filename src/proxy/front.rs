@@ -26,6 +26,7 @@ use crate::api::error::ApiError;
 use crate::app::App;
 use crate::config::snapshot::Limits;
 use crate::limits::conn::CONNECTIONS;
+use super::watchdog::ConnTimer;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -144,6 +145,8 @@ where
         // The wait for each request's first byte, one timer for the connection's life (see
         // `read_head`). Created unarmed: nothing is registered until it is first awaited.
         let mut waiting = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        // The upstream watchdog's timer, shared the same way by the connection's requests.
+        let watchdog_timer = ConnTimer::default();
         loop {
             // Read per request: a reload applies to the next request of a kept-alive
             // connection.
@@ -170,7 +173,7 @@ where
                         session.set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
                     }
                 }
-                self.inner.process_new_http(session, shutdown)
+                watchdog_timer.scope(self.inner.process_new_http(session, shutdown))
             };
             let reused = serving.await?;
             let (next, settings) = reused.consume();

@@ -9,7 +9,10 @@
 //! connection, and `error_while_proxy` decides between the next route and a 504.
 
 use pingora::{Error, ErrorType};
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Which deadline ran out.
@@ -57,9 +60,55 @@ pub const ETYPE_TOTAL: &str = "UpstreamDeadline";
 type Sleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
 
 /// The sleep [`Watchdog::expired`] waits on, and when it ends; kept by the caller between
-/// calls.
+/// calls. With a connection's timer ([`ConnTimer`]) it waits on that instead.
 #[derive(Default)]
-pub struct Alarm(Option<(Instant, Sleep)>);
+pub struct Alarm {
+    own: Option<(Instant, Sleep)>,
+    conn: Option<ConnTimer>,
+}
+
+impl Alarm {
+    /// An alarm that waits on the connection's timer when the request runs in one's scope
+    /// (an HTTP/1 connection served by `front.rs`), or on a sleep of its own.
+    pub fn for_this_connection() -> Alarm {
+        Alarm { own: None, conn: ConnTimer::current() }
+    }
+}
+
+/// One tokio timer per HTTP/1 connection, lent in turn to each of its requests' watchdogs (a
+/// connection serves one request at a time). Moving its deadline later, which is what every
+/// new request and every streamed chunk does, is an atomic store (tokio extends a registered
+/// timer in place and looks again when the old deadline comes), where a sleep per request is
+/// registered with a timer and cancelled for every request. Created on first use.
+#[derive(Clone, Default)]
+pub struct ConnTimer(Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>);
+
+tokio::task_local! {
+    static CONN_TIMER: ConnTimer;
+}
+
+impl ConnTimer {
+    /// Runs `fut` (one request of the connection) with this timer as [`ConnTimer::current`].
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        CONN_TIMER.scope(self.clone(), fut)
+    }
+
+    /// The timer of the connection whose request is running, if it has one.
+    pub fn current() -> Option<ConnTimer> {
+        CONN_TIMER.try_with(ConnTimer::clone).ok()
+    }
+
+    /// Ready once `at` has passed. Call from a task on a runtime with a timer.
+    fn poll_until(&self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let at = tokio::time::Instant::from_std(at);
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let sleep = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() != at {
+            sleep.as_mut().reset(at);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Watchdog {
@@ -97,7 +146,13 @@ impl Watchdog {
             if now >= at {
                 return kind;
             }
-            let sleep = match &mut alarm.0 {
+            if let Some(timer) = &alarm.conn {
+                // tokio rounds a deadline up to its next millisecond: this wakes at or after
+                // `at`, and the loop re-reads the deadline, which may have moved.
+                std::future::poll_fn(|cx| timer.poll_until(at, cx)).await;
+                continue;
+            }
+            let sleep = match &mut alarm.own {
                 // Waking before `at` only costs a re-check.
                 Some((until, sleep)) if *until <= at => sleep,
                 slot => {
@@ -108,7 +163,7 @@ impl Watchdog {
             };
             sleep.await;
             // Spent: never polled again. The loop re-reads the deadline, which may have moved.
-            alarm.0 = None;
+            alarm.own = None;
         }
     }
 
@@ -153,6 +208,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_timer_serves_its_requests_in_turn() {
+        let conn = ConnTimer::default();
+        assert!(ConnTimer::current().is_none(), "no connection outside a scope");
+        for request in 0..2 {
+            conn.scope(async {
+                let mut alarm = Alarm::for_this_connection();
+                assert!(alarm.conn.is_some(), "request {request} borrows the connection's timer");
+                let w = Watchdog::default();
+                let total = Instant::now() + Duration::from_secs(5);
+                // Armed, then moved later before it fires (a chunk arrived): fires at the later one.
+                w.arm(Instant::now() + Duration::from_millis(40), TimeoutKind::FirstByte, total);
+                let r = tokio::time::timeout(Duration::from_millis(10), w.expired(&mut alarm)).await;
+                assert!(r.is_err());
+                let t = Instant::now();
+                w.arm(Instant::now() + Duration::from_millis(80), TimeoutKind::Idle, total);
+                assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Idle);
+                assert!(t.elapsed() >= Duration::from_millis(75), "fired after {:?}", t.elapsed());
+                // Moved earlier: fires at the earlier one, not the timer's old deadline.
+                w.arm(Instant::now() + Duration::from_secs(3), TimeoutKind::Idle, total);
+                let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
+                assert!(r.is_err());
+                let t = Instant::now();
+                w.arm(Instant::now() + Duration::from_millis(20), TimeoutKind::Idle, total);
+                assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Idle);
+                assert!(t.elapsed() < Duration::from_secs(1), "fired after {:?}", t.elapsed());
+            })
+            .await;
+        }
+        // One timer, created once and kept by the connection.
+        assert!(conn.0.lock().unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn a_kept_sleep_serves_later_deadlines_and_yields_to_earlier_ones() {
         let w = Watchdog::default();
         let mut alarm = Alarm::default();
@@ -161,12 +249,12 @@ mod tests {
         w.arm(Instant::now() + Duration::from_millis(80), TimeoutKind::FirstByte, total);
         let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
         assert!(r.is_err());
-        let kept = alarm.0.as_ref().map(|(until, _)| *until).expect("a sleep is kept");
+        let kept = alarm.own.as_ref().map(|(until, _)| *until).expect("a sleep is kept");
         // A later deadline (the idle timer after a chunk) keeps the earlier sleep ...
         w.arm(Instant::now() + Duration::from_millis(200), TimeoutKind::Idle, total);
         let r = tokio::time::timeout(Duration::from_millis(5), w.expired(&mut alarm)).await;
         assert!(r.is_err());
-        assert_eq!(alarm.0.as_ref().map(|(until, _)| *until), Some(kept));
+        assert_eq!(alarm.own.as_ref().map(|(until, _)| *until), Some(kept));
         // ... and still fires at the later one, not at the kept sleep's end.
         let t = Instant::now();
         assert_eq!(w.expired(&mut alarm).await, TimeoutKind::Idle);
