@@ -43,8 +43,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use std::time::Instant;
-// Pingora's timer (10 ms ticks, shared per tick): a tokio timer registered per request wakes
-// the runtime's I/O driver (an eventfd write and a context switch) whenever it is the earliest.
+// For the rare waits that need a timer of their own (a header arriving in pieces): Pingora's
+// shared 10 ms-tick timer. A tokio timer newly registered as the runtime's earliest wakes its
+// I/O driver (an eventfd write); the per-connection timers below are registered once and then
+// only moved later, which never does.
 use pingora::time::fast_timeout::fast_timeout;
 
 /// The proxy app behind the per-connection defences.
