@@ -1263,7 +1263,7 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
     let mut by_ratio = pairs;
     by_ratio.sort_by(|a, b| pair_ratio(a).total_cmp(&pair_ratio(b)));
     let (mid_pt, mid_gw) = by_ratio[1];
-    let ratio = rps(mid_gw) / rps(mid_pt);
+    let ratio = pair_ratio(&by_ratio[1]);
     let p99 = |r: &RunResult| percentile(&r.overhead_us, 0.99);
     let worst_p99 = p99(gw).into_iter().chain(p99(gws)).max();
     let idle_mb = mb(idle_rss_kib);
@@ -1312,8 +1312,8 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         opt(percentile(&two.latencies_us, 0.50)),
         opt(percentile(&two.latencies_us, 0.99)),
     ));
-    // Limits: result 8 (a key with rate, token, daily and monthly limits) vs the mean of
-    // results 7 and 9, the plain key just before and after it.
+    // Limits: result 12 (a key with rate, token, daily and monthly limits) vs the mean of
+    // results 11 and 13, the plain key just before and after it.
     let limited = &results[12];
     let plain = (rps(&results[11]) + rps(&results[13])) / 2.0;
     let ratio = rps(limited) / plain;
@@ -1325,7 +1325,7 @@ fn render_report(s: &Settings, idle_rss_kib: u64, results: &[RunResult]) -> Stri
         plain,
         ratio * 100.0,
     ));
-    // Translation: result 10, an Anthropic stream translated chunk by chunk.
+    // Translation: result 14, an Anthropic stream translated chunk by chunk.
     let claude = &results[14];
     out.push_str(&format!(
         "- info — Anthropic-translated streaming: {:.0} req/s vs {:.0} req/s for OpenAI-format streaming; overhead p99 {} µs\n",

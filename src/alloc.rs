@@ -10,7 +10,10 @@
 //! [`Allocator`] keeps up to [`SLOTS`] freed blocks of exactly [`BLOCK`] bytes per thread and
 //! hands them back to the next allocation of that size on the same thread. Every other size,
 //! and every zeroed or realloc'd allocation, goes straight to jemalloc. A cached block is a
-//! jemalloc allocation of the same size class, so jemalloc can free or realloc it later.
+//! jemalloc allocation of the same size class, so jemalloc can free or realloc it later: for
+//! alignments up to [`MAX_ALIGN`] (`max_align_t` on 64-bit targets) `tikv-jemallocator` calls
+//! jemalloc with the same flags whatever the alignment, so a block's layout needs no
+//! remapping when it changes hands.
 //! Memory held: at most `SLOTS × BLOCK` (256 KiB) per thread; a thread's blocks go back to
 //! jemalloc when it exits.
 
@@ -53,7 +56,8 @@ impl Blocks {
 impl Drop for Blocks {
     fn drop(&mut self) {
         while let Some(ptr) = self.pop() {
-            // SAFETY: every held pointer came from `Jemalloc` with `block_layout()`.
+            // SAFETY: every held pointer came from `Jemalloc` with a layout of this size and an
+            // alignment up to MAX_ALIGN, which jemalloc treats alike (module doc).
             unsafe { Jemalloc.dealloc(ptr, block_layout()) };
         }
     }
@@ -86,7 +90,6 @@ unsafe impl GlobalAlloc for Allocator {
             if let Ok(Some(ptr)) = cached {
                 return ptr;
             }
-            return unsafe { Jemalloc.alloc(block_layout()) };
         }
         unsafe { Jemalloc.alloc(layout) }
     }
@@ -98,24 +101,19 @@ unsafe impl GlobalAlloc for Allocator {
             if kept == Ok(true) {
                 return;
             }
-            return unsafe { Jemalloc.dealloc(ptr, block_layout()) };
         }
         unsafe { Jemalloc.dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if cacheable(layout) {
-            return unsafe { Jemalloc.alloc_zeroed(block_layout()) };
-        }
         unsafe { Jemalloc.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // A block (cached or not) is jemalloc's own allocation of this size class, so jemalloc
-        // can resize it; the result is jemalloc's too, whatever its size.
-        let layout = if cacheable(layout) { block_layout() } else { layout };
+        // A block (cached or not) is jemalloc's own allocation, so jemalloc resizes it in
+        // place when it can; the result is jemalloc's too, whatever its size.
         unsafe { Jemalloc.realloc(ptr, layout, new_size) }
     }
 }

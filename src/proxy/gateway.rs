@@ -130,16 +130,10 @@ impl ProxyHttp for Gateway {
             let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
             peer.options.connection_timeout = Some(connect);
             peer.options.total_connection_timeout = Some(connect);
-            // The watchdog enforces first byte, idle and total; Pingora's per-read timeout is
-            // only a backstop behind it. Over HTTP/1 it is left off: every response read waits
-            // (the provider has not answered yet), so a per-read timeout registers a timer per
-            // request and per chunk, while the watchdog already bounds each of those waits and
-            // a connection it abandons is never pooled. Over HTTP/2 it stays: Pingora retires
-            // a hung h2 connection (shared by other streams) only on its own read timeout.
-            // Writes rarely wait, and a timeout's timer only starts when one does.
+            // The watchdog enforces first byte, idle and total; Pingora's timeouts are only a
+            // backstop behind it. Writes rarely wait, and a timeout's timer only starts when
+            // one does.
             let backstop = t.first_byte.max(t.idle) + Duration::from_secs(1);
-            let may_use_h2 = up.tls && provider.http2; // see tls::upstream_peer_options
-            peer.options.read_timeout = may_use_h2.then_some(backstop);
             peer.options.write_timeout = Some(backstop);
             // No idle timeout on pooled connections (Pingora's default): the pool already
             // drops one the provider closes, keeps at most its configured number (LRU), and a
@@ -147,6 +141,14 @@ impl ProxyHttp for Gateway {
             // register a timer every time a connection goes back to the pool, i.e. per request.
             if up.tls {
                 crate::tls::upstream_peer_options(&mut peer, &provider); // h2, CA bundle
+            }
+            // A per-read timeout only where HTTP/2 may be spoken: Pingora retires a hung h2
+            // connection (shared by other streams) only on its own read timeout. Over HTTP/1
+            // every response read waits (the provider has not answered yet), so it would
+            // register a timer per request and per chunk, while the watchdog already bounds
+            // each of those waits and a connection it abandons is never pooled.
+            if peer.options.alpn != pingora::protocols::ALPN::H1 {
+                peer.options.read_timeout = Some(backstop);
             }
             routing.watchdog.arm(now + t.first_byte, TimeoutKind::FirstByte, attempt.deadline);
             ctx.upstream_start = Some(now);

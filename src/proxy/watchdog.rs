@@ -57,7 +57,7 @@ pub const ETYPE_FIRST_BYTE: &str = "UpstreamFirstByteTimeout";
 pub const ETYPE_IDLE: &str = "UpstreamIdleTimeout";
 pub const ETYPE_TOTAL: &str = "UpstreamDeadline";
 
-type Sleep = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// The sleep [`Watchdog::expired`] waits on, and when it ends; kept by the caller between
 /// calls. With a connection's timer ([`ConnTimer`]) it waits on that instead.
