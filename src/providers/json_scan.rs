@@ -54,8 +54,14 @@ impl Member {
         let Some(raw) = quoted.strip_prefix(b"\"").and_then(|q| q.strip_suffix(b"\"")) else {
             return false;
         };
-        if memchr(b'\\', raw).is_none() {
-            return raw == name.as_bytes();
+        if raw == name.as_bytes() {
+            return true;
+        }
+        // An escape is always longer than the character it stands for, so a key that can
+        // decode to `name` is longer than `name`; a key that is not (most, looked at several
+        // times per member) is another key without searching it for backslashes.
+        if raw.len() <= name.len() || memchr(b'\\', raw).is_none() {
+            return false;
         }
         // Rare: an escaped key. Decoding allocates, but only for keys that contain escapes.
         serde_json::from_slice::<String>(quoted).is_ok_and(|key| key == name)

@@ -48,9 +48,16 @@ type BoxedBodyStream =
 /// [`ReplaySlot::set_body`] before Pingora reads the retry buffer (i.e. in `upstream_peer`).
 #[derive(Default)]
 pub struct ReplaySlot {
-    session: Arc<Mutex<Option<ServerSession>>>,
-    body: Arc<Mutex<Bytes>>,
-    frame: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// What the slot and the wrapper share: one allocation per request.
+#[derive(Default)]
+struct Shared {
+    /// Where the wrapper's `Drop` leaves the real session.
+    session: Mutex<Option<ServerSession>>,
+    body: Mutex<Bytes>,
+    frame: AtomicBool,
 }
 
 impl ReplaySlot {
@@ -63,18 +70,14 @@ impl ReplaySlot {
     /// upstream (see `proxy::watchdog`).
     pub fn install_with(session: &mut Session, body: Bytes, watch: Option<Arc<Watchdog>>) -> ReplaySlot {
         let slot = ReplaySlot {
-            session: Default::default(),
-            body: Arc::new(Mutex::new(body)),
-            frame: Default::default(),
+            shared: Arc::new(Shared { session: Mutex::new(None), body: Mutex::new(body), frame: AtomicBool::new(false) }),
         };
         let real = std::mem::replace(&mut *session.downstream_session, detached_session());
         let wrapper = BodyReplaySession {
             inner: Some(real),
-            body: slot.body.clone(),
-            slot: slot.session.clone(),
+            shared: slot.shared.clone(),
             watch,
             alarm: Alarm::for_this_connection(),
-            frame: slot.frame.clone(),
             pending: None,
         };
         *session.downstream_session = ServerSession::new_custom(Box::new(wrapper));
@@ -83,14 +86,14 @@ impl ReplaySlot {
 
     /// The body the next attempt sends.
     pub fn set_body(&self, body: Bytes) {
-        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = body;
+        *self.shared.body.lock().unwrap_or_else(|p| p.into_inner()) = body;
     }
 
     /// Whether the next response header is held until its whole (rewritten) body is known, to
     /// be sent with a `Content-Length` (see [`BodyReplaySession::response_duplex_vec`]). Set
     /// for every response, since failover may bring another kind of answer.
     pub fn frame_whole_body(&self, on: bool) {
-        self.frame.store(on, Ordering::Relaxed);
+        self.shared.frame.store(on, Ordering::Relaxed);
     }
 
     /// Swap the real downstream session back in. Call once; later calls do nothing.
@@ -100,7 +103,7 @@ impl ReplaySlot {
         }
         // Dropping the wrapper fills the slot.
         drop(std::mem::replace(&mut *session.downstream_session, detached_session()));
-        let real = self.session.lock().ok().and_then(|mut s| s.take());
+        let real = self.shared.session.lock().ok().and_then(|mut s| s.take());
         match real {
             Some(real) => *session.downstream_session = real,
             None => log::error!("body replay: the real downstream session was not handed back"),
@@ -113,22 +116,20 @@ fn detached_session() -> ServerSession {
 }
 
 pub struct BodyReplaySession {
-    /// Always `Some` until `Drop` moves it into `slot`.
+    /// Always `Some` until `Drop` moves it into the shared slot.
     inner: Option<ServerSession>,
-    body: Arc<Mutex<Bytes>>,
-    slot: Arc<Mutex<Option<ServerSession>>>,
+    /// The body to replay, the slot for the real session and the framing switch.
+    shared: Arc<Shared>,
     watch: Option<Arc<Watchdog>>,
     /// The watchdog's sleep, kept between Pingora's calls of `read_body_or_idle`.
     alarm: Alarm,
-    /// See [`ReplaySlot::frame_whole_body`].
-    frame: Arc<AtomicBool>,
     /// A response header held back until the body's length is known.
     pending: Option<Box<ResponseHeader>>,
 }
 
 impl Drop for BodyReplaySession {
     fn drop(&mut self) {
-        if let (Some(inner), Ok(mut slot)) = (self.inner.take(), self.slot.lock()) {
+        if let (Some(inner), Ok(mut slot)) = (self.inner.take(), self.shared.session.lock()) {
             *slot = Some(inner);
         }
     }
@@ -142,7 +143,7 @@ impl BodyReplaySession {
         self.inner.as_mut().expect("inner is Some until drop")
     }
     fn body(&self) -> Bytes {
-        self.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared.body.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A held header that must go out before its body is complete: frame the body as chunks
@@ -166,7 +167,7 @@ impl BodyReplaySession {
             match task {
                 HttpTask::Header(h, false)
                     if self.pending.is_none()
-                        && self.frame.load(Ordering::Relaxed)
+                        && self.shared.frame.load(Ordering::Relaxed)
                         && !h.status.is_informational() =>
                 {
                     self.pending = Some(h);
@@ -246,7 +247,7 @@ impl CustomSession for BodyReplaySession {
     fn send_proxy_task(&mut self, task: HttpTask) {
         // This path writes tasks one at a time: no header is held back, only framed.
         let task = match task {
-            HttpTask::Header(h, end) if self.frame.load(Ordering::Relaxed) => {
+            HttpTask::Header(h, end) if self.shared.frame.load(Ordering::Relaxed) => {
                 HttpTask::Header(self.release_chunked(h), end)
             }
             other => other,

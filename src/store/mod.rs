@@ -1024,6 +1024,9 @@ pub(crate) mod tests {
             gen_at("g4", 1, 10, "m/a", 0, t(1), true),
             gen_at("g5", 1, 10, "m/a", 7, t(2), false),
             gen_at("g6", 2, 12, "m/a", 1_000, t(0), false),
+            // A second model of the same account, day and key, between two of the first's.
+            gen_at("g7", 1, 10, "m/c", 40, t(0), false),
+            gen_at("g8", 1, 10, "m/a", 1, t(0), false),
         ];
         let check = |store: &Store| {
             let rows = store.usage_rollups(1, day, day + 1).expect("read");
@@ -1033,12 +1036,17 @@ pub(crate) mod tests {
                 .collect();
             assert_eq!(
                 summary,
-                vec![(day, 10, "m/a", 2, 0, 500, 20), (day, 11, "m/b", 1, 0, 50, 10), (day + 1, 10, "m/a", 1, 1, 0, 0)]
+                vec![
+                    (day, 10, "m/a", 3, 0, 501, 30),
+                    (day, 10, "m/c", 1, 0, 40, 10),
+                    (day, 11, "m/b", 1, 0, 50, 10),
+                    (day + 1, 10, "m/a", 1, 1, 0, 0)
+                ]
             );
             assert_eq!(store.usage_rollups(1, day + 2, day + 2).expect("read").len(), 1);
             assert!(store.usage_rollups(1, day + 3, day + 2).expect("read").is_empty());
             let costs = store.cost_by_account([1, 2, 3], day, day + 2).expect("read");
-            assert_eq!((costs[&1], costs[&2], costs[&3]), (557, 1_000, 0));
+            assert_eq!((costs[&1], costs[&2], costs[&3]), (598, 1_000, 0));
             assert_eq!(store.cost_by_account([1], day + 1, day + 5).expect("read")[&1], 7);
             let mut since = store.costs_since_day([1, 2], day + 1).expect("read");
             since.sort();

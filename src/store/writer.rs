@@ -605,27 +605,37 @@ fn put_generation(t: &mut Tables<'_>, g: &GenerationRecord) -> Result<(), StoreE
 }
 
 /// Pending changes to usage-rollup rows: (account, UTC day, key, model) → delta.
+///
+/// Keyed in two levels so that adding a generation to a row already pending (nearly every
+/// settle of a batch) neither copies the model's name nor hashes it: a batch holds few
+/// distinct models per (account, day, key), found by comparing names in place.
 #[derive(Default)]
-pub(super) struct RollupDeltas(HashMap<(u64, u64, u64, String), UsageRollup>);
+pub(super) struct RollupDeltas(HashMap<(u64, u64, u64), Vec<(String, UsageRollup)>>);
 
 impl RollupDeltas {
     /// Adds (`sign` 1) or takes out (−1) one generation.
     pub(super) fn add(&mut self, g: &GenerationRecord, sign: i64) {
         let day = crate::limits::calendar::day_index(g.created_at);
-        let row = self.0.entry((g.account_id, day, g.key_id, g.model.clone())).or_default();
-        row.add(&UsageRollup::of(g, sign));
+        let models = self.0.entry((g.account_id, day, g.key_id)).or_default();
+        let delta = UsageRollup::of(g, sign);
+        match models.iter_mut().find(|(model, _)| *model == g.model) {
+            Some((_, row)) => row.add(&delta),
+            None => models.push((g.model.clone(), delta)),
+        }
     }
 
     /// Adds every delta to its stored row.
     pub(super) fn write(self, usage: &mut redb::Table<'_, (u64, u64, u64, &'static str), &'static [u8]>) -> Result<(), StoreError> {
-        for ((account, day, key, model), delta) in self.0 {
-            let k = (account, day, key, model.as_str());
-            let mut sum: UsageRollup = match usage.get(k)? {
-                Some(v) => decode(v.value(), "usage rollup")?,
-                None => UsageRollup::default(),
-            };
-            sum.add(&delta);
-            usage.insert(k, encode(&sum)?.as_slice())?;
+        for ((account, day, key), models) in self.0 {
+            for (model, delta) in models {
+                let k = (account, day, key, model.as_str());
+                let mut sum: UsageRollup = match usage.get(k)? {
+                    Some(v) => decode(v.value(), "usage rollup")?,
+                    None => UsageRollup::default(),
+                };
+                sum.add(&delta);
+                usage.insert(k, encode(&sum)?.as_slice())?;
+            }
         }
         Ok(())
     }
