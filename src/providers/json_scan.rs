@@ -121,6 +121,17 @@ impl<'a> ObjectScanner<'a> {
 
     /// The next member, `Ok(None)` after the closing brace.
     pub fn next_member(&mut self) -> Result<Option<Member>, ScanError> {
+        self.next_member_with(|_, _| None)
+    }
+
+    /// [`next_member`](Self::next_member), letting `read` take the value first: given the
+    /// member (its value span still empty) and where the value starts, it returns where the
+    /// value ends if it read it whole, or `None` to have it skipped as usual. A caller that
+    /// parses a member's value anyway so scans it once instead of twice.
+    pub fn next_member_with(
+        &mut self,
+        read: impl FnOnce(&Member, usize) -> Option<usize>,
+    ) -> Result<Option<Member>, ScanError> {
         let src = self.src;
         let mut p = skip_ws(src, self.pos);
         match self.state {
@@ -145,7 +156,11 @@ impl<'a> ObjectScanner<'a> {
             return Err(ScanError { offset: colon, expected: "':'" });
         }
         let value_start = skip_ws(src, colon + 1);
-        let value_end = skip_value(src, value_start)?;
+        let key_only = Member { key: p..key_end, value: value_start..value_start };
+        let value_end = match read(&key_only, value_start) {
+            Some(end) if end > value_start && end <= src.len() => end,
+            _ => skip_value(src, value_start)?,
+        };
         self.pos = value_end;
         self.state = State::Rest;
         self.members += 1;

@@ -152,6 +152,19 @@ pub fn parse_usage(json: &[u8]) -> Option<Usage> {
         return None;
     }
     let mut scan = ObjectScanner::new(json).ok()?;
+    read_usage(&mut scan, json)
+}
+
+/// [`parse_usage`] of the object whose `{` is at `open` in `src`, and the index just past its
+/// `}`. `None` where `parse_usage` of that object would be `None` too (and for `null`).
+fn parse_usage_at(src: &[u8], open: usize) -> Option<(Usage, usize)> {
+    let mut scan = ObjectScanner::at(src, open).ok()?;
+    let usage = read_usage(&mut scan, src)?;
+    Some((usage, scan.close_brace()? + 1))
+}
+
+/// The members of a `usage` object, read from `scan` to its closing brace.
+fn read_usage(scan: &mut ObjectScanner<'_>, json: &[u8]) -> Option<Usage> {
     let (mut prompt, mut completion, mut details) = (OnceField::new(), OnceField::new(), OnceField::new());
     while let Some(m) = scan.next_member().ok()? {
         let value = m.value(json);
@@ -636,11 +649,22 @@ fn plan_response_edits(body: &[u8]) -> Result<ResponsePlan, ScanError> {
     let mut plan = ResponsePlan { edits: Vec::new(), usage: None, id: None };
     let mut id_seen = false;
     let mut scanner = ObjectScanner::new(body)?;
-    while let Some(member) = scanner.next_member()? {
-        if member.key_is(body, "model") {
+    // `usage` is read as the scan meets it rather than skipped and then read.
+    let (mut is_usage, mut usage_read) = (false, None);
+    while let Some(member) = scanner.next_member_with(|m, start| {
+        is_usage = m.key_is(body, "usage");
+        if !is_usage {
+            return None;
+        }
+        let (usage, end) = parse_usage_at(body, start)?;
+        usage_read = Some(usage);
+        Some(end)
+    })? {
+        if std::mem::take(&mut is_usage) {
+            // Not read in place (`null`, or malformed): what `parse_usage` makes of it.
+            plan.usage = usage_read.take().or_else(|| parse_usage(member.value(body)));
+        } else if member.key_is(body, "model") {
             plan.edits.push(Edit { at: member.value, with: Insert::Model });
-        } else if member.key_is(body, "usage") {
-            plan.usage = parse_usage(member.value(body));
         } else if !id_seen && member.key_is(body, "id") {
             // The first `id` member, like `find_member`.
             id_seen = true;
@@ -1180,6 +1204,61 @@ mod tests {
 
     /// Random byte mutations of a request: nothing panics, and whenever validation accepts the
     /// mutant, the rewrite is accepted too and means exactly the original with the two changes.
+    #[test]
+    fn usage_read_in_place_matches_skipping_then_reading() {
+        // The scan before `usage` was read in place: every member skipped, `usage` then read.
+        fn reference(body: &[u8]) -> Result<(Vec<Range<usize>>, Option<Usage>, Option<String>), ScanError> {
+            let (mut models, mut usage, mut id) = (Vec::new(), None, None);
+            let mut scanner = ObjectScanner::new(body)?;
+            while let Some(m) = scanner.next_member()? {
+                if m.key_is(body, "model") {
+                    models.push(m.value.clone());
+                } else if m.key_is(body, "usage") {
+                    usage = parse_usage(m.value(body));
+                } else if id.is_none() && m.key_is(body, "id") {
+                    id = Some(string_value(m.value(body)));
+                }
+            }
+            Ok((models, usage, id.flatten()))
+        }
+        let base = br#"{"id":"c-1","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1},"x":[{"y":"}"}]},"choices":[{"message":{"content":"u\"sage"}}],"usage":null}"#;
+        let alphabet = b"{}[]\":,\\ ntf013-.eu";
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        let (mut read, mut with_usage) = (0, 0);
+        for round in 0..30_000 {
+            let mut body = base.to_vec();
+            if round % 3 == 0 {
+                // Also bodies whose last `usage` is an object.
+                body.truncate(body.len() - r#","usage":null}"#.len());
+                body.push(b'}');
+            }
+            for _ in 0..next(3) {
+                let at = next(body.len());
+                match next(4) {
+                    0 => drop(body.remove(at)),
+                    1 => body.insert(at, alphabet[next(alphabet.len())]),
+                    _ => body[at] = alphabet[next(alphabet.len())],
+                }
+            }
+            let got = plan_response_edits(&body)
+                .map(|p| (p.edits.iter().map(|e| e.at.clone()).collect::<Vec<_>>(), p.usage, p.id));
+            let want = reference(&body);
+            assert_eq!(got.is_ok(), want.is_ok(), "{}", String::from_utf8_lossy(&body));
+            if let (Ok(got), Ok(want)) = (got, want) {
+                assert_eq!(got, want, "{}", String::from_utf8_lossy(&body));
+                read += 1;
+                with_usage += usize::from(got.1.is_some());
+            }
+        }
+        assert!(read > 5_000 && with_usage > 2_000, "mutations should leave many bodies readable: {read}, {with_usage}");
+    }
+
     #[test]
     fn mutated_bodies_never_panic_and_rewrite_exactly() {
         let base = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"a \"model\": b"}],"stream":true,"stream_options":{"x":1},"max_tokens":5,"t":[1.5,null]}"#;
