@@ -1207,7 +1207,8 @@ mod tests {
     #[test]
     fn usage_read_in_place_matches_skipping_then_reading() {
         // The scan before `usage` was read in place: every member skipped, `usage` then read.
-        fn reference(body: &[u8]) -> Result<(Vec<Range<usize>>, Option<Usage>, Option<String>), ScanError> {
+        type Read = (Vec<Range<usize>>, Option<Usage>, Option<String>);
+        fn reference(body: &[u8]) -> Result<Read, ScanError> {
             let (mut models, mut usage, mut id) = (Vec::new(), None, None);
             let mut scanner = ObjectScanner::new(body)?;
             while let Some(m) = scanner.next_member()? {
