@@ -516,8 +516,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         endpoint: Endpoint,
     ) -> std::result::Result<(), api::Reply> {
+        // Also leaves the key in `ctx.key`.
         let key = local::authenticate_key(&self.app, session, ctx).map_err(api::Reply::from)?;
-        ctx.key = Some(key.clone());
         ctx.generation_id = crate::store::new_generation_id();
         // Refused before the body is even read: the cheapest answer to a flood.
         if let Some(limit) = key.rate_limit_rpm {
