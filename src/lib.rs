@@ -24,4 +24,6 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod upgrade;
+#[cfg(test)]
+mod testing;
 pub mod tls;

@@ -315,13 +315,7 @@ mod tests {
     #[test]
     fn mutated_streams_are_split_invariant() {
         let alphabet = b"\r\n:{}[]\",\\ d\xff";
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         for _ in 0..300 {
             let mut input = OPENAI_STREAM.as_bytes().to_vec();
             for _ in 0..=next(8) {

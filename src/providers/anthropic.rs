@@ -3278,13 +3278,7 @@ mod tests {
     #[test]
     fn mutated_upstream_output_never_panics() {
         let alphabet = b"{}[]\":,\\ ntf01-.eu\n\r\x00\xff";
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound.max(1) as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         let bases = [
             fixture!("stream_tool_call.anthropic.sse").as_bytes(),
             fixture!("stream_ping_unknown.anthropic.sse").as_bytes(),

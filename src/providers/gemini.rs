@@ -2609,13 +2609,7 @@ mod tests {
     #[test]
     fn mutated_streams_are_split_invariant() {
         let alphabet = b"\r\n:{}[]\",\\ d0\xff";
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         let fixtures = [
             fixture!("stream_text.gemini.sse"),
             fixture!("stream_function_call.gemini.sse"),
@@ -2643,13 +2637,7 @@ mod tests {
     #[test]
     fn mutated_bodies_never_panic() {
         let alphabet = b"{}[]\":,\\ ntf01-.eu\x00\xff";
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x2545_F491_4F6C_DD1D_u64);
         let mut bodies: Vec<&str> = REQUESTS.iter().map(|(_, openai, _)| *openai).collect();
         bodies.extend([
             fixture!("response_text.gemini.json"),

@@ -1224,13 +1224,7 @@ mod tests {
         }
         let base = br#"{"id":"c-1","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1},"x":[{"y":"}"}]},"choices":[{"message":{"content":"u\"sage"}}],"usage":null}"#;
         let alphabet = b"{}[]\":,\\ ntf013-.eu";
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         let (mut read, mut with_usage) = (0, 0);
         for round in 0..30_000 {
             let mut body = base.to_vec();
@@ -1264,13 +1258,7 @@ mod tests {
     fn mutated_bodies_never_panic_and_rewrite_exactly() {
         let base = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"a \"model\": b"}],"stream":true,"stream_options":{"x":1},"max_tokens":5,"t":[1.5,null]}"#;
         let alphabet = b"{}[]\":,\\ ntf01-.eu\x00\xff";
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move |bound: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % bound as u64) as usize
-        };
+        let mut next = crate::testing::xorshift(0x2545_F491_4F6C_DD1D_u64);
         let (mut accepted, mut scratch) = (0, Vec::new());
         for _ in 0..20_000 {
             let mut body = base.to_vec();
