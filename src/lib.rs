@@ -24,6 +24,6 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod upgrade;
+pub mod tls;
 #[cfg(test)]
 mod testing;
-pub mod tls;

@@ -55,11 +55,13 @@ impl Member {
             return false;
         };
         if raw == name.as_bytes() {
-            return true;
+            // Unless the key has an escape, which decodes to something else.
+            return memchr(b'\\', raw).is_none();
         }
-        // An escape is always longer than the character it stands for, so a key that can
-        // decode to `name` is longer than `name`; a key that is not (most, looked at several
-        // times per member) is another key without searching it for backslashes.
+        // A key containing an escape decodes to fewer bytes than it has, so one no longer than
+        // `name` cannot be `name`, and a key without escapes is `name` only if it equals it
+        // byte for byte. Most keys are settled here without a search for backslashes (keys
+        // are compared with several names each).
         if raw.len() <= name.len() || memchr(b'\\', raw).is_none() {
             return false;
         }
@@ -126,9 +128,10 @@ impl<'a> ObjectScanner<'a> {
 
     /// [`next_member`](Self::next_member), letting `read` take the value first: given the
     /// member (its value span still empty) and where the value starts, it returns where the
-    /// value ends if it read it whole, or `None` to have it skipped as usual. A caller that
-    /// parses a member's value anyway so scans it once instead of twice.
-    pub fn next_member_with(
+    /// value ends if it read it whole, or `None` to have it skipped as usual; so that a caller
+    /// that parses the value anyway scans it only once. The end `read` gives must be the one
+    /// skipping would find (checked in debug builds).
+    pub(crate) fn next_member_with(
         &mut self,
         read: impl FnOnce(&Member, usize) -> Option<usize>,
     ) -> Result<Option<Member>, ScanError> {
@@ -158,7 +161,10 @@ impl<'a> ObjectScanner<'a> {
         let value_start = skip_ws(src, colon + 1);
         let key_only = Member { key: p..key_end, value: value_start..value_start };
         let value_end = match read(&key_only, value_start) {
-            Some(end) if end > value_start && end <= src.len() => end,
+            Some(end) if end > value_start && end <= src.len() => {
+                debug_assert_eq!(skip_value(src, value_start).ok(), Some(end), "a value read in place ends where skipping ends");
+                end
+            }
             _ => skip_value(src, value_start)?,
         };
         self.pos = value_end;
@@ -387,6 +393,15 @@ mod tests {
         assert!(first.key_is(src, "model"));
         assert!(!second.key_is(src, "model"));
         assert!(second.key_is(src, "model\\"));
+        // Raw bytes equal to a name that has a backslash: the key decodes to something else.
+        assert!(!second.key_is(src, r"model\\"));
+        // Escaped keys no longer than the name are never it; longer ones are decoded.
+        let src = br#"{"\u0061":1,"a\n":2,"\ud83d\ude00":3}"#;
+        let mut scanner = ObjectScanner::new(src).unwrap();
+        let (a, nl, emoji) = (scanner.next_member().unwrap().unwrap(), scanner.next_member().unwrap().unwrap(), scanner.next_member().unwrap().unwrap());
+        assert!(a.key_is(src, "a") && !a.key_is(src, "\\u0061") && !a.key_is(src, "ab"));
+        assert!(nl.key_is(src, "a\n") && !nl.key_is(src, "a\\n") && !nl.key_is(src, "an"));
+        assert!(emoji.key_is(src, "😀") && !emoji.key_is(src, "x"));
     }
 
     #[test]

@@ -1202,8 +1202,6 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    /// Random byte mutations of a request: nothing panics, and whenever validation accepts the
-    /// mutant, the rewrite is accepted too and means exactly the original with the two changes.
     #[test]
     fn usage_read_in_place_matches_skipping_then_reading() {
         // The scan before `usage` was read in place: every member skipped, `usage` then read.
@@ -1254,6 +1252,8 @@ mod tests {
         assert!(read > 5_000 && with_usage > 2_000, "mutations should leave many bodies readable: {read}, {with_usage}");
     }
 
+    /// Random byte mutations of a request: nothing panics, and whenever validation accepts the
+    /// mutant, the rewrite is accepted too and means exactly the original with the two changes.
     #[test]
     fn mutated_bodies_never_panic_and_rewrite_exactly() {
         let base = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"a \"model\": b"}],"stream":true,"stream_options":{"x":1},"max_tokens":5,"t":[1.5,null]}"#;
