@@ -155,8 +155,9 @@ pub fn parse_usage(json: &[u8]) -> Option<Usage> {
     read_usage(&mut scan, json)
 }
 
-/// [`parse_usage`] of the object whose `{` is at `open` in `src`, and the index just past its
-/// `}`. `None` where `parse_usage` of that object would be `None` too (and for `null`).
+/// [`parse_usage`] of the value that starts at `open` in `src`, and the index just past it:
+/// `None` exactly where `parse_usage` of the value is `None` (`null`, not an object, a
+/// malformed or duplicated field).
 fn parse_usage_at(src: &[u8], open: usize) -> Option<(Usage, usize)> {
     let mut scan = ObjectScanner::at(src, open).ok()?;
     let usage = read_usage(&mut scan, src)?;
@@ -649,20 +650,20 @@ fn plan_response_edits(body: &[u8]) -> Result<ResponsePlan, ScanError> {
     let mut plan = ResponsePlan { edits: Vec::new(), usage: None, id: None };
     let mut id_seen = false;
     let mut scanner = ObjectScanner::new(body)?;
-    // `usage` is read as the scan meets it rather than skipped and then read.
-    let (mut is_usage, mut usage_read) = (false, None);
+    // `usage` is read as the scan meets it rather than skipped and then read: `Some` here
+    // once a `usage` member was read, with what it said.
+    let mut usage_member: Option<Option<Usage>> = None;
     while let Some(member) = scanner.next_member_with(|m, start| {
-        is_usage = m.key_is(body, "usage");
-        if !is_usage {
+        if !m.key_is(body, "usage") {
             return None;
         }
-        let (usage, end) = parse_usage_at(body, start)?;
-        usage_read = Some(usage);
-        Some(end)
+        let read = parse_usage_at(body, start);
+        usage_member = Some(read.map(|(usage, _)| usage));
+        read.map(|(_, end)| end)
     })? {
-        if std::mem::take(&mut is_usage) {
-            // Not read in place (`null`, or malformed): what `parse_usage` makes of it.
-            plan.usage = usage_read.take().or_else(|| parse_usage(member.value(body)));
+        if let Some(usage) = usage_member.take() {
+            // The last `usage` member wins.
+            plan.usage = usage;
         } else if member.key_is(body, "model") {
             plan.edits.push(Edit { at: member.value, with: Insert::Model });
         } else if !id_seen && member.key_is(body, "id") {
