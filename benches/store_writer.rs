@@ -5,9 +5,10 @@
 //!
 //! The store is pre-filled (STORE_BENCH_PREFILL records, default 100,000) and keeps growing
 //! while measured: a gateway's tables are large, and leaf splits and dirty pages depend on it.
-//! STORE_BENCH_BODY_IDS=random|mock|none chooses the upstream body ids (see [`BodyIds`]): with
-//! random ones, like a real provider's, the GENERATION_BY_BODY index costs about two thirds of
-//! the writer's CPU (a commit dirties a random leaf of it per request).
+//! STORE_BENCH_BODY_IDS=gateway|random|mock|none chooses the body ids (see [`BodyIds`]): the
+//! gateway's own (the default) need no GENERATION_BY_BODY row; with random ones, like a real
+//! provider's (what clients saw until 2026-11-25), that index cost about two thirds of the
+//! writer's CPU (a commit dirties a random leaf of it per request).
 //! One criterion iteration is ONE request's op; ops are committed in batches of [`BATCH`]
 //! (STORE_BENCH_BATCH).
 //! `thread CPU` is the committing thread's CPU time, user + system (what the writer thread
@@ -60,7 +61,11 @@ struct Requests {
 /// GENERATION_BY_BODY index, and where it lands in that table decides most of the cost.
 #[derive(Clone, Copy, Debug)]
 enum BodyIds {
-    /// `random` (default): "chatcmpl-" and 29 random characters, like OpenAI's. Every insert
+    /// `gateway` (default): the gateway's own body ids since 2026-11-25,
+    /// "chatcmpl-<generation id>" (`store::client_response_id`): no index row is written.
+    Gateway,
+    /// `random`: "chatcmpl-" and 29 random characters, like OpenAI's, as the gateway answered
+    /// with until 2026-11-25 (and still indexes for a body id it did not make). Every insert
     /// lands in a random leaf of the index, so a commit dirties about one leaf per request.
     Random,
     /// `mock`: "chatcmpl-mock-<n>", like the in-process mock: nearly in key order.
@@ -73,7 +78,9 @@ impl Requests {
     fn next(&mut self) -> WriteOp {
         self.seq += 1;
         let mut rng = rand::rng();
+        let id = new_generation_id();
         let body_id = match self.body_ids {
+            BodyIds::Gateway => tollgate::store::client_response_id(&id, false),
             BodyIds::Random => "chatcmpl-".chars().chain((0..29).map(|_| rng.sample(rand::distr::Alphanumeric) as char)).collect(),
             BodyIds::Mock => format!("chatcmpl-mock-{}", self.seq),
             BodyIds::None => String::new(),
@@ -81,7 +88,6 @@ impl Requests {
         let account_id = 1 + self.seq % ACCOUNTS;
         let cost = rng.random_range(1_000..2_000_000i64);
         let latency_ms = rng.random_range(200..3_000u64);
-        let id = new_generation_id();
         let generation = GenerationRecord {
             id: id.clone(),
             body_id,
@@ -191,8 +197,9 @@ fn store_writer(c: &mut Criterion) {
     let body_ids = match std::env::var("STORE_BENCH_BODY_IDS").as_deref() {
         Ok("mock") => BodyIds::Mock,
         Ok("none") => BodyIds::None,
-        Ok("random") | Err(_) => BodyIds::Random,
-        Ok(other) => panic!("STORE_BENCH_BODY_IDS={other}: random, mock or none"),
+        Ok("random") => BodyIds::Random,
+        Ok("gateway") | Err(_) => BodyIds::Gateway,
+        Ok(other) => panic!("STORE_BENCH_BODY_IDS={other}: gateway, random, mock or none"),
     };
     println!("body ids: {body_ids:?}");
     let mut requests = Requests { seq: 0, body_ids };

@@ -21,6 +21,9 @@ pub struct OpenAiStreamMeter {
     events: Vec<SseEvent>,
     /// The slug as a JSON string literal, escaped once here rather than per chunk.
     slug_json: Vec<u8>,
+    /// The id every chunk carries to the client, as a JSON string literal (None: the
+    /// provider's own).
+    id_json: Option<Vec<u8>>,
     /// Scratch space for a rewritten chunk, reused across events.
     scratch: Vec<u8>,
     strip_usage_chunk: bool,
@@ -44,6 +47,7 @@ impl OpenAiStreamMeter {
             decoder: SseDecoder::new(),
             events: Vec::new(),
             slug_json,
+            id_json: None,
             scratch: Vec::new(),
             strip_usage_chunk,
             usage: None,
@@ -53,6 +57,15 @@ impl OpenAiStreamMeter {
             saw_error: false,
             passthrough: false,
         }
+    }
+
+    /// Every chunk goes to the client with `id` as its `id` (the gateway's; see
+    /// `store::client_response_id`). [`response_id`](Self::response_id) stays the provider's.
+    pub fn with_client_id(mut self, id: &str) -> Self {
+        let mut json = Vec::with_capacity(id.len() + 2);
+        json_scan::write_json_string(&mut json, id);
+        self.id_json = Some(json);
+        self
     }
 
     /// Feeds upstream bytes; appends to `out` every event they complete, rewritten.
@@ -127,7 +140,8 @@ impl OpenAiStreamMeter {
             self.saw_done = true;
             return write_sse(out, event, data);
         }
-        let Some(info) = openai::rewrite_stream_chunk(data, &self.slug_json, &mut self.scratch)
+        let Some(info) =
+            openai::rewrite_stream_chunk_as(data, &self.slug_json, self.id_json.as_deref(), &mut self.scratch)
         else {
             // Not a JSON object: not ours to interpret.
             return write_sse(out, event, data);
@@ -239,6 +253,22 @@ mod tests {
             let bytes: Vec<&[u8]> = input.chunks(1).collect();
             assert_eq!(run(&bytes, strip).0, want, "byte by byte");
         }
+    }
+
+    #[test]
+    fn every_chunk_carries_the_client_id() {
+        let input = OPENAI_STREAM.as_bytes();
+        let want = String::from_utf8(expected(false)).unwrap().replace(r#""id":"chatcmpl-BxQ1vZ9""#, r#""id":"chatcmpl-gen-7""#);
+        assert!(!want.contains("BxQ1vZ9"));
+        let mut meter = OpenAiStreamMeter::new(SLUG, false).with_client_id("chatcmpl-gen-7");
+        let mut out = BytesMut::new();
+        for byte in input.chunks(1) {
+            meter.on_bytes(byte, &mut out);
+        }
+        meter.on_end(&mut out);
+        assert_eq!(String::from_utf8_lossy(&out), want);
+        // The provider's id is still the one recorded.
+        assert_eq!((meter.response_id(), meter.usage()), (Some("chatcmpl-BxQ1vZ9"), Some(USAGE)));
     }
 
     #[test]

@@ -1670,6 +1670,8 @@ pub struct AnthropicStream {
     include_usage: bool,
     created: u64,
     id: Option<String>,
+    /// The id the chunks carry to the client instead of `id` (the gateway's own).
+    client_id: Option<String>,
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`, built
     /// once the id is known, so each chunk costs one copy rather than four escapes.
     head: Vec<u8>,
@@ -1700,6 +1702,13 @@ impl AnthropicStream {
         Self::with_created(slug, include_usage, now_secs())
     }
 
+    /// Chunks go to the client with `id` as their `id` (the gateway's; see
+    /// `store::client_response_id`); `response_id` stays the provider's.
+    pub fn with_client_id(mut self, id: &str) -> Self {
+        self.client_id = Some(id.to_owned());
+        self
+    }
+
     /// [`AnthropicStream::new`] with a fixed `created` timestamp, for output that can be
     /// compared byte for byte (tests, fuzz targets).
     pub fn with_created(slug: &str, include_usage: bool, created: u64) -> Self {
@@ -1712,6 +1721,7 @@ impl AnthropicStream {
             include_usage,
             created,
             id: None,
+            client_id: None,
             head: Vec::new(),
             scratch: Vec::new(),
             blocks: Vec::new(),
@@ -2010,7 +2020,7 @@ impl AnthropicStream {
     fn set_id(&mut self, id: String) {
         let mut head = Vec::with_capacity(id.len() + self.slug_json.len() + 96);
         head.extend_from_slice(b"{\"id\":");
-        json_scan::write_json_string(&mut head, &id);
+        json_scan::write_json_string(&mut head, self.client_id.as_deref().unwrap_or(&id));
         head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         let _ = write!(head, "{}", self.created);
         head.extend_from_slice(b",\"model\":");

@@ -1711,6 +1711,8 @@ pub struct GeminiStream {
     created: u64,
     /// `chatcmpl-…`, fixed by the first event.
     id: Option<String>,
+    /// The id the chunks carry to the client instead of `id` (the gateway's own).
+    client_id: Option<String>,
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`, built
     /// once, so a chunk costs one copy of it plus its delta.
     prefix: Vec<u8>,
@@ -1731,6 +1733,13 @@ impl GeminiStream {
         Self::with_created(slug, include_usage, now_secs())
     }
 
+    /// Chunks go to the client with `id` as their `id` (the gateway's; see
+    /// `store::client_response_id`); `response_id` stays the provider's.
+    pub fn with_client_id(mut self, id: &str) -> Self {
+        self.client_id = Some(id.to_owned());
+        self
+    }
+
     /// [`GeminiStream::new`] with a fixed `created` timestamp, for output that can be compared
     /// byte for byte (tests, fuzz targets).
     pub fn with_created(slug: &str, include_usage: bool, created: u64) -> Self {
@@ -1741,6 +1750,7 @@ impl GeminiStream {
             include_usage,
             created,
             id: None,
+            client_id: None,
             prefix: Vec::new(),
             scratch: Vec::new(),
             choices: Vec::new(),
@@ -1812,7 +1822,7 @@ impl GeminiStream {
         let id = chat_id(response_id);
         let mut prefix = Vec::with_capacity(id.len() + self.slug.len() + 80);
         prefix.extend_from_slice(b"{\"id\":");
-        write_json_string(&mut prefix, &id);
+        write_json_string(&mut prefix, self.client_id.as_deref().unwrap_or(&id));
         prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
         let _ = write!(prefix, "{}", self.created);
         prefix.extend_from_slice(b",\"model\":");

@@ -95,7 +95,7 @@ pub fn rewrite_chat_request(body: &[u8], upstream_model: &str, add_include_usage
     let mut model = Vec::with_capacity(upstream_model.len() + 2);
     json_scan::write_json_string(&mut model, upstream_model);
     match plan_request_edits(body, add_include_usage) {
-        Ok(edits) => apply_edits(body, &edits, &model),
+        Ok(edits) => apply_edits(body, &edits, &model, b""),
         Err(_) => body.to_vec(),
     }
 }
@@ -111,12 +111,40 @@ pub fn rewrite_chat_response(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>
 /// [`rewrite_chat_response`], plus the body's top-level `id` (as [`response_id`] would read
 /// it) from the same scan.
 pub fn rewrite_chat_response_with_id(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>, Option<String>) {
-    let mut model = Vec::with_capacity(slug.len() + 2);
-    json_scan::write_json_string(&mut model, slug);
-    match plan_response_edits(body) {
-        Ok(plan) => (apply_edits(body, &plan.edits, &model), plan.usage, plan.id),
+    rewrite_chat_response_as(body, slug, None)
+}
+
+/// [`rewrite_chat_response_with_id`], and with `client_id` given, the body's top-level `id`
+/// replaced by it (the id the gateway answers with; see `store::client_response_id`). The id
+/// returned is still the provider's.
+pub fn rewrite_chat_response_as(
+    body: &[u8],
+    slug: &str,
+    client_id: Option<&str>,
+) -> (Vec<u8>, Option<Usage>, Option<String>) {
+    let mut literals = Vec::with_capacity(slug.len() + client_id.map_or(0, str::len) + 4);
+    json_scan::write_json_string(&mut literals, slug);
+    let model_len = literals.len();
+    if let Some(id) = client_id {
+        json_scan::write_json_string(&mut literals, id);
+    }
+    let (model, id) = literals.split_at(model_len);
+    match plan_response_edits(body, client_id.is_some()) {
+        Ok(plan) => (apply_edits(body, &plan.edits, model, id), plan.usage, plan.id),
         Err(_) => (body.to_vec(), None, None),
     }
+}
+
+/// `body` with its first top-level `id` member's value replaced by `id` (a translated answer,
+/// built with the provider's id). A body that is not a JSON object, or has no `id`, comes back
+/// unchanged.
+pub fn with_response_id(body: &[u8], id: &str) -> Vec<u8> {
+    let Ok(Some(member)) = json_scan::find_member(body, "id") else { return body.to_vec() };
+    let mut out = Vec::with_capacity(body.len() + id.len());
+    out.extend_from_slice(&body[..member.value.start]);
+    json_scan::write_json_string(&mut out, id);
+    out.extend_from_slice(&body[member.value.end..]);
+    out
 }
 
 /// The top-level `id` of a response or chunk (`chatcmpl-...`), if it is a string.
@@ -268,7 +296,19 @@ pub fn rewrite_stream_chunk(
     model_json: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<ChunkInfo> {
+    rewrite_stream_chunk_as(data, model_json, None, out)
+}
+
+/// [`rewrite_stream_chunk`], and with `id_json` given (a JSON string literal), the chunk's
+/// top-level `id` replaced by it.
+pub fn rewrite_stream_chunk_as(
+    data: &[u8],
+    model_json: &[u8],
+    id_json: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Option<ChunkInfo> {
     out.clear();
+    let mut id_seen = false;
     let mut info = ChunkInfo::default();
     let mut scanner = ObjectScanner::new(data).ok()?;
     let mut copied = 0;
@@ -285,6 +325,12 @@ pub fn rewrite_stream_chunk(
         if member.key_is(data, "model") {
             out.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
             out.extend_from_slice(model_json);
+            copied = member.value.end;
+        } else if let (Some(id_json), false, true) = (id_json, id_seen, member.key_is(data, "id")) {
+            // The first `id`, as `response_id` reads it.
+            id_seen = true;
+            out.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
+            out.extend_from_slice(id_json);
             copied = member.value.end;
         } else if member.key_is(data, "choices") {
             // An unexpected shape leaves the chunk uncounted rather than unforwarded.
@@ -579,6 +625,8 @@ struct Edit {
 enum Insert {
     /// The new model name, JSON-escaped.
     Model,
+    /// The id the client sees, JSON-escaped.
+    Id,
     True,
     /// `"include_usage":true` as a new member, after a comma if the object has members.
     IncludeUsageMember {
@@ -646,7 +694,8 @@ struct ResponsePlan {
     id: Option<String>,
 }
 
-fn plan_response_edits(body: &[u8]) -> Result<ResponsePlan, ScanError> {
+/// `replace_id`: the first `id` member's value is to be replaced (an [`Insert::Id`] edit).
+fn plan_response_edits(body: &[u8], replace_id: bool) -> Result<ResponsePlan, ScanError> {
     let mut plan = ResponsePlan { edits: Vec::new(), usage: None, id: None };
     let mut id_seen = false;
     let mut scanner = ObjectScanner::new(body)?;
@@ -670,13 +719,16 @@ fn plan_response_edits(body: &[u8]) -> Result<ResponsePlan, ScanError> {
             // The first `id` member, like `find_member`.
             id_seen = true;
             plan.id = string_value(member.value(body));
+            if replace_id {
+                plan.edits.push(Edit { at: member.value, with: Insert::Id });
+            }
         }
     }
     Ok(plan)
 }
 
-fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + model.len() + 48);
+fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + model.len() + id.len() + 48);
     let mut copied = 0;
     for edit in edits {
         // Edits are in order and within the body (they come from the scan); `get` keeps a
@@ -684,6 +736,7 @@ fn apply_edits(body: &[u8], edits: &[Edit], model: &[u8]) -> Vec<u8> {
         out.extend_from_slice(body.get(copied..edit.at.start).unwrap_or_default());
         match edit.with {
             Insert::Model => out.extend_from_slice(model),
+            Insert::Id => out.extend_from_slice(id),
             Insert::True => out.extend_from_slice(b"true"),
             Insert::IncludeUsageMember { comma } => {
                 if comma {
@@ -1158,6 +1211,32 @@ mod tests {
     }
 
     #[test]
+    fn responses_and_chunks_carry_the_gateways_id() {
+        let body = br#"{"id":"chatcmpl-up\u0041","model":"m","choices":[{"id":"inner","message":{"content":"\"id\":1"}}],"id":"second","usage":{"prompt_tokens":2}}"#;
+        let (out, usage, id) = rewrite_chat_response_as(body, "s", Some("chatcmpl-gen-1"));
+        // The first top-level `id` is replaced; nested ones, strings and a duplicate are not.
+        let want = String::from_utf8_lossy(body)
+            .replacen(r#""chatcmpl-up\u0041""#, r#""chatcmpl-gen-1""#, 1)
+            .replace(r#""model":"m""#, r#""model":"s""#);
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        // What is returned (and recorded) is still the provider's id.
+        assert_eq!((usage.map(|u| u.prompt_tokens), id.as_deref()), (Some(2), Some("chatcmpl-upA")));
+        // Without an `id` member nothing is added.
+        let (out, _, id) = rewrite_chat_response_as(br#"{"model":"m"}"#, "s", Some("x"));
+        assert_eq!((out.as_slice(), id), (&br#"{"model":"s"}"#[..], None));
+
+        let mut out = Vec::new();
+        let chunk = br#"{"id":"c1","model":"m","choices":[{"delta":{"content":"hi"}}],"id":"c2"}"#;
+        let info = rewrite_stream_chunk_as(chunk, br#""s""#, Some(br#""chatcmpl-gen-1""#), &mut out).unwrap();
+        assert_eq!(info.generated_chars, 2);
+        assert_eq!(out, br#"{"id":"chatcmpl-gen-1","model":"s","choices":[{"delta":{"content":"hi"}}],"id":"c2"}"#);
+
+        assert_eq!(with_response_id(br#"{"object":"x","id":"msg_1"}"#, "chatcmpl-gen-2"), br#"{"object":"x","id":"chatcmpl-gen-2"}"#);
+        assert_eq!(with_response_id(b"[1]", "x"), b"[1]");
+        assert_eq!(with_response_id(br#"{"a":1}"#, "x"), br#"{"a":1}"#);
+    }
+
+    #[test]
     fn reads_response_ids() {
         assert_eq!(
             response_id(br#"{"model":"m","id":"chatcmpl-1\u0041"}"#).as_deref(),
@@ -1240,7 +1319,7 @@ mod tests {
                     _ => body[at] = alphabet[next(alphabet.len())],
                 }
             }
-            let got = plan_response_edits(&body)
+            let got = plan_response_edits(&body, false)
                 .map(|p| (p.edits.iter().map(|e| e.at.clone()).collect::<Vec<_>>(), p.usage, p.id));
             let want = reference(&body);
             assert_eq!(got.is_ok(), want.is_ok(), "{}", String::from_utf8_lossy(&body));

@@ -258,6 +258,7 @@ impl ProxyHttp for Gateway {
                         &inf.model.slug,
                         inf.info.include_usage,
                         inf.via_chat,
+                        &super::wire::client_id(inf.endpoint, inf.via_chat, &ctx.generation_id),
                     ))
                 }
                 (true, false) => BodyMode::Json(BytesMut::new()),
@@ -708,6 +709,7 @@ impl Gateway {
         let Some(inf) = ctx.inference.as_ref() else { return Bytes::new() };
         match std::mem::take(&mut ctx.body_mode) {
             BodyMode::Json(buf) => {
+                let client_id = super::wire::client_id(inf.endpoint, inf.via_chat, &ctx.generation_id);
                 let answer = super::wire::response(
                     inf.provider.kind,
                     inf.endpoint,
@@ -717,6 +719,7 @@ impl Gateway {
                     &inf.info,
                     inf.json_mode,
                     inf.via_chat,
+                    &client_id,
                 );
                 let answer = match answer {
                     Ok(a) => a,
@@ -729,7 +732,8 @@ impl Gateway {
                         return body;
                     }
                 };
-                ctx.body_id = answer.id;
+                // The body carries the gateway's id wherever the provider's had one.
+                ctx.body_id = answer.id.is_some().then_some(client_id);
                 ctx.units = Some(match answer.units {
                     Some(u) => u,
                     None => {

@@ -31,8 +31,9 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
     // A stream's usage comes from its meter; a stream cut before usage arrived is estimated
     // from what was produced.
     if let BodyMode::Stream(meter) = &ctx.body_mode {
-        if ctx.body_id.is_none() {
-            ctx.body_id = meter.response_id().map(str::to_string);
+        if ctx.body_id.is_none() && meter.response_id().is_some() {
+            // The chunks carried the gateway's id in place of the provider's.
+            ctx.body_id = Some(super::wire::client_id(inf.endpoint, inf.via_chat, &ctx.generation_id));
         }
         match meter.usage() {
             Some(u) => ctx.units = Some(Units::Tokens(u)),

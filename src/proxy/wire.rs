@@ -128,13 +128,31 @@ fn chat_request(
     })
 }
 
-/// The handler that turns the provider's stream into OpenAI chunks for the client.
-pub fn stream_meter(kind: ProviderKind, slug: &str, client_wants_usage: bool, via_chat: bool) -> Box<dyn StreamMeter> {
+/// The `id` a chat or legacy completion (whole or streamed) carries to the client: the
+/// generation's id behind OpenAI's prefix for the object (`store::client_response_id`).
+/// Through chat, the chat id is made and then turned into a legacy one by `completions`.
+pub fn client_id(endpoint: Endpoint, via_chat: bool, generation_id: &str) -> String {
+    crate::store::client_response_id(generation_id, endpoint == Endpoint::Completions && !via_chat)
+}
+
+/// The handler that turns the provider's stream into OpenAI chunks for the client; every
+/// chunk carries `client_id` (see [`client_id`]).
+pub fn stream_meter(
+    kind: ProviderKind,
+    slug: &str,
+    client_wants_usage: bool,
+    via_chat: bool,
+    client_id: &str,
+) -> Box<dyn StreamMeter> {
     let meter: Box<dyn StreamMeter> = match kind {
         // The usage-only chunk is stripped only when the gateway asked for it itself.
-        ProviderKind::OpenAi | ProviderKind::Mock => Box::new(OpenAiStreamMeter::new(slug, !client_wants_usage)),
-        ProviderKind::Anthropic => Box::new(anthropic::AnthropicStream::new(slug, client_wants_usage)),
-        ProviderKind::Gemini => Box::new(gemini::GeminiStream::new(slug, client_wants_usage)),
+        ProviderKind::OpenAi | ProviderKind::Mock => {
+            Box::new(OpenAiStreamMeter::new(slug, !client_wants_usage).with_client_id(client_id))
+        }
+        ProviderKind::Anthropic => {
+            Box::new(anthropic::AnthropicStream::new(slug, client_wants_usage).with_client_id(client_id))
+        }
+        ProviderKind::Gemini => Box::new(gemini::GeminiStream::new(slug, client_wants_usage).with_client_id(client_id)),
     };
     if via_chat {
         Box::new(completions::ChatToCompletionStream::new(meter))
@@ -143,7 +161,9 @@ pub fn stream_meter(kind: ProviderKind, slug: &str, client_wants_usage: bool, vi
     }
 }
 
-/// A whole (non-streamed) answer in OpenAI's shape: body, billable units if reported, body id.
+/// A whole (non-streamed) answer in OpenAI's shape: body, billable units if reported, and
+/// the provider's id for it (recorded; the body itself carries the gateway's, see
+/// [`client_id`]).
 pub struct Answer {
     pub body: Vec<u8>,
     pub units: Option<Units>,
@@ -159,14 +179,14 @@ pub fn response(
     info: &RequestInfo,
     json_mode: bool,
     via_chat: bool,
+    client_id: &str,
 ) -> Result<Answer, ApiError> {
     let bad = |message: String| ApiError::upstream_error(format!("the provider's answer could not be read: {message}"));
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions => {
-            let mut answer = chat_response(kind, body, slug, json_mode).map_err(|e| bad(e.message))?;
+            let mut answer = chat_response(kind, body, slug, json_mode, client_id).map_err(|e| bad(e.message))?;
             if via_chat {
                 answer.body = completions::chat_to_completion(&answer.body);
-                answer.id = openai::response_id(&answer.body);
             }
             Ok(answer)
         }
@@ -197,19 +217,28 @@ pub fn response(
     }
 }
 
-fn chat_response(kind: ProviderKind, body: &[u8], slug: &str, json_mode: bool) -> Result<Answer, TranslateFailure> {
+fn chat_response(
+    kind: ProviderKind,
+    body: &[u8],
+    slug: &str,
+    json_mode: bool,
+    client_id: &str,
+) -> Result<Answer, TranslateFailure> {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Mock => {
-            let (out, usage, id) = openai::rewrite_chat_response_with_id(body, slug);
+            // The id is replaced in the same pass as the model.
+            let (out, usage, id) = openai::rewrite_chat_response_as(body, slug, Some(client_id));
             Ok(Answer { body: out, units: usage.map(Units::Tokens), id })
         }
         ProviderKind::Anthropic => {
             let t = anthropic::translate_message(body, slug, json_mode).map_err(|e| TranslateFailure { message: e.message })?;
-            Ok(Answer { body: t.body, units: t.usage.map(Units::Tokens), id: Some(t.id) })
+            let out = openai::with_response_id(&t.body, client_id);
+            Ok(Answer { body: out, units: t.usage.map(Units::Tokens), id: Some(t.id) })
         }
         ProviderKind::Gemini => {
             let (out, usage) = gemini::translate_response(body, slug).map_err(|e| TranslateFailure { message: e.message })?;
             let id = openai::response_id(&out);
+            let out = openai::with_response_id(&out, client_id);
             // Gemini without usageMetadata reports zeros: treat as unreported, so it is estimated.
             let usage = (usage.prompt_tokens > 0 || usage.completion_tokens > 0).then_some(usage);
             Ok(Answer { body: out, units: usage.map(Units::Tokens), id })

@@ -549,8 +549,10 @@ impl Store {
         Ok(out)
     }
 
-    /// A generation by Tollgate's id ("gen-…") or, failing that, by the upstream body id
-    /// ("chatcmpl-…"). If two upstream responses shared a body id, the latest one wins.
+    /// A generation by Tollgate's id ("gen-…"), by the body id the client saw
+    /// ("chatcmpl-gen-…", see [`client_response_id`]) or, failing both, by an indexed body id
+    /// (a provider's "chatcmpl-…", as responses carried before). If two upstream responses
+    /// shared an indexed body id, the latest one wins.
     pub fn get_generation(
         &self,
         id_or_body_id: &str,
@@ -559,6 +561,11 @@ impl Store {
         let generations = txn.open_table(GENERATIONS)?;
         if let Some(v) = generations.get(id_or_body_id)? {
             return decode(v.value(), "generation").map(Some);
+        }
+        if let Some(id) = generation_id_in(id_or_body_id) {
+            if let Some(v) = generations.get(id)? {
+                return decode(v.value(), "generation").map(Some);
+            }
         }
         let by_body = txn.open_table(GENERATION_BY_BODY)?;
         let Some(id) = by_body.get(id_or_body_id)? else {
@@ -666,6 +673,27 @@ pub fn new_generation_id() -> String {
     }
     id
 }
+
+/// The `id` a response or chunk carries to the client: the generation's own id behind the
+/// prefix OpenAI uses for the object (`chatcmpl-gen-…`, `cmpl-gen-…` for legacy completions).
+/// `/generation` finds the generation from it without an index (`get_generation`).
+pub fn client_response_id(generation_id: &str, legacy_completion: bool) -> String {
+    let prefix = if legacy_completion { LEGACY_ID_PREFIX } else { CHAT_ID_PREFIX };
+    let mut id = String::with_capacity(prefix.len() + generation_id.len());
+    id.push_str(prefix);
+    id.push_str(generation_id);
+    id
+}
+
+/// The generation id inside an id made by [`client_response_id`], if `id` is one.
+pub fn generation_id_in(id: &str) -> Option<&str> {
+    id.strip_prefix(CHAT_ID_PREFIX)
+        .or_else(|| id.strip_prefix(LEGACY_ID_PREFIX))
+        .filter(|g| g.starts_with("gen-"))
+}
+
+const CHAT_ID_PREFIX: &str = "chatcmpl-";
+const LEGACY_ID_PREFIX: &str = "cmpl-";
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -1304,5 +1332,45 @@ pub(crate) mod tests {
         assert!(e.0.contains("decode ledger entry: truncated row (row 0)"), "{e}");
         drop((writer, store));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A body id made from the generation id is found without an index row; a provider's is
+    /// still indexed (and found) as before.
+    #[test]
+    fn the_gateways_body_ids_need_no_index() {
+        let dir = test_dir("client-ids");
+        let store = Store::open(&dir).expect("open");
+        let writer = store.start_writer();
+        let gen = "gen-1a210f12c3d-AbCdEfGhIjKl";
+        let chat = client_response_id(gen, false);
+        writer.submit(WriteOp::RecordGeneration(generation(gen, &chat, 1, 0)));
+        writer.submit(WriteOp::RecordGeneration(generation("gen-b", "chatcmpl-provider", 1, 0)));
+        writer.shutdown();
+        let indexed: Vec<String> = {
+            let txn = store.db().unwrap().begin_read().unwrap();
+            let table = txn.open_table(GENERATION_BY_BODY).unwrap();
+            table.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect()
+        };
+        assert_eq!(indexed, ["chatcmpl-provider"]);
+        for id in [gen, chat.as_str(), &client_response_id(gen, true)] {
+            assert_eq!(store.get_generation(id).unwrap().map(|g| g.id), Some(gen.to_string()), "{id}");
+        }
+        assert_eq!(store.get_generation("chatcmpl-provider").unwrap().map(|g| g.id).as_deref(), Some("gen-b"));
+        assert!(store.get_generation("chatcmpl-gen-nope").unwrap().is_none());
+        drop((writer, store));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn client_ids_lead_back_to_the_generation() {
+        let gen = "gen-1a210f12c3d-WrpwmCcTbglE";
+        let chat = client_response_id(gen, false);
+        let legacy = client_response_id(gen, true);
+        assert_eq!((chat.as_str(), legacy.as_str()), ("chatcmpl-gen-1a210f12c3d-WrpwmCcTbglE", "cmpl-gen-1a210f12c3d-WrpwmCcTbglE"));
+        assert_eq!((generation_id_in(&chat), generation_id_in(&legacy)), (Some(gen), Some(gen)));
+        // A provider's own ids are not ours.
+        for other in ["chatcmpl-abc", "cmpl-", "gen-1", "chatcmpl-msg_01", "xchatcmpl-gen-1"] {
+            assert_eq!(generation_id_in(other), None, "{other}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! blocks for the first op, lingers while nobody waits (see [`LINGER`]), drains whatever else
 //! is queued (up to [`MAX_BATCH`]), applies it all in ONE transaction and commits with
 //! `Durability::Immediate`. Only then are waiters completed, so "acknowledged" always means
-//! "on disk". A settled request costs this thread ~3–4 µs of CPU at ~1,000 per commit, several
-//! times that when the provider's response ids are random (the body-id index: see
+//! "on disk". A settled request costs this thread ~3–4 µs of CPU at ~1,000 per commit; a body
+//! id the gateway did not make (a provider's random one) would cost several times that in the
+//! body-id index, which is why responses carry the gateway's own (see `put_generation` and
 //! `benches/store_writer.rs`).
 
 use std::collections::HashMap;
@@ -598,7 +599,10 @@ fn put_generation(t: &mut Tables<'_>, g: &GenerationRecord) -> Result<(), StoreE
         t.rollups.add(&old, -1);
     }
     t.rollups.add(g, 1);
-    if !g.body_id.is_empty() {
+    // The gateway's own body ids lead back to the generation without an index
+    // (`client_response_id`); only another id (a provider's, in records from before) needs one.
+    // With a provider's random ids, this index was most of the writer's work per request.
+    if !g.body_id.is_empty() && super::generation_id_in(&g.body_id) != Some(g.id.as_str()) {
         t.by_body.insert(g.body_id.as_str(), g.id.as_str())?;
     }
     Ok(())

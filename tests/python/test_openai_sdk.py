@@ -38,18 +38,22 @@ def test_raw_response_headers(stack, key):
 
 def test_streaming(stack, key):
     client = make_client(stack, key)
-    stream = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model="mock/echo-1", messages=[{"role": "user", "content": "Hello"}], stream=True
     )
-    text, models, usages = "", set(), []
+    gen_id = raw.headers["x-generation-id"]
+    stream = raw.parse()
+    text, models, usages, ids = "", set(), [], set()
     for chunk in stream:
         models.add(chunk.model)
+        ids.add(chunk.id)
         if chunk.usage is not None:
             usages.append(chunk.usage)
         for choice in chunk.choices:
             text += choice.delta.content or ""
     assert text.startswith("Hello from the mock provider")
     assert models == {"mock/echo-1"}
+    assert ids == {f"chatcmpl-{gen_id}"}, "every chunk carries the gateway's id"
     assert usages == [], "no usage chunk unless the client asks"
 
 
@@ -148,6 +152,8 @@ def test_generation_and_credits_add_up(stack, key):
         except urllib.error.HTTPError:
             time.sleep(0.05)
     assert round(gen["total_cost"] * 1e9) == expected
+    # The body's id is the gateway's own: the generation id behind OpenAI's prefix.
+    assert resp.id == f"chatcmpl-{gen_id}"
     assert get(f"/v1/generation?id={resp.id}")["data"]["id"] == gen_id
     credits = get("/v1/credits")["data"]
     assert round((credits["total_credits"] - credits["remaining"]) * 1e9) == expected
