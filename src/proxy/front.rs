@@ -139,11 +139,6 @@ where
         }
 
         let mut shutdown_rx = shutdown.clone();
-        // One wait for shutdown for the connection's life, like `waiting` below: a `changed()`
-        // made per request would join and leave the watch's shared waiter list (a lock the
-        // workers contend on) every time. It is only polled between requests; once it fires
-        // the connection closes, so it is never polled after completing.
-        let mut shutting_down = std::pin::pin!(shutdown_rx.changed());
         // Boxed once for the connection's life: Pingora takes the stream as a `Box<dyn IO>` for
         // each request and hands the same box back.
         let mut stream = Box::new(Prefixed::new(stream));
@@ -158,7 +153,7 @@ where
             // Read per request: a reload applies to the next request of a kept-alive
             // connection.
             let limits = self.app.config.limits();
-            match read_head(&mut stream, &limits, fresh, waiting.as_mut(), shutting_down.as_mut()).await {
+            match read_head(&mut stream, &limits, fresh, waiting.as_mut(), &mut shutdown_rx).await {
                 Next::Ready => {}
                 Next::Close => return None,
                 Next::Refuse(e) => {
@@ -211,7 +206,7 @@ async fn read_head(
     limits: &Limits,
     fresh: bool,
     mut waiting: Pin<&mut tokio::time::Sleep>,
-    shutdown: Pin<&mut impl std::future::Future>,
+    shutdown: &mut ShutdownWatch,
 ) -> Next {
     if s.buf.is_empty() {
         // Waiting for a request to start: a new connection gets the header timeout, an idle
@@ -225,7 +220,7 @@ async fn read_head(
                 _ => return Next::Close,
             },
             _ = waiting => return Next::Close,
-            _ = shutdown => return Next::Close,
+            _ = shutdown.changed() => return Next::Close,
         }
     }
     let deadline = Instant::now() + limits.header_timeout;
