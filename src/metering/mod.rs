@@ -24,7 +24,8 @@ pub trait StreamMeter: Send + Sync {
     fn on_end(&mut self, out: &mut bytes::BytesMut);
     /// Usage as the provider reported it, once it has.
     fn usage(&self) -> Option<Usage>;
-    /// The response's id as the client sees it (e.g. `chatcmpl-…`).
+    /// The provider's id for the response (translated: `chatcmpl-msg_…`), once a chunk gave
+    /// it. The client sees the gateway's own instead (each meter's `with_client_id`).
     fn response_id(&self) -> Option<&str>;
     /// Completion tokens estimated from what was produced, for streams without usage.
     fn estimated_completion_tokens(&self) -> u64;

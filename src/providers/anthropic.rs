@@ -47,9 +47,10 @@
 //!
 //! # Ids
 //!
-//! The client sees `chatcmpl-` followed by Anthropic's message id (`chatcmpl-msg_01…`): it
-//! looks like every other completion id the gateway returns, and still names the upstream
-//! message for anyone correlating with Anthropic's logs.
+//! The translation names a completion `chatcmpl-` followed by Anthropic's message id
+//! (`chatcmpl-msg_01…`), and tool-call ids are derived from it. The gateway then answers with
+//! its own id in the body and every chunk (`store::client_response_id`, via `with_client_id`
+//! for streams).
 //!
 //! # Robustness
 //!
@@ -1395,7 +1396,7 @@ pub struct TranslatedResponse {
     /// `None` when Anthropic reported no usage (it always does; a faulty upstream might not):
     /// the caller should estimate rather than bill nothing.
     pub usage: Option<Usage>,
-    /// The completion id the client sees (`chatcmpl-msg_…`).
+    /// The completion id as translated (`chatcmpl-msg_…`); the gateway answers with its own.
     pub id: String,
 }
 
@@ -1804,7 +1805,8 @@ impl AnthropicStream {
         })
     }
 
-    /// The id the client sees (`chatcmpl-msg_…`), once `message_start` has given it.
+    /// The translated id (`chatcmpl-msg_…`), once `message_start` has given it; the chunks
+    /// carry the client id instead if one was set.
     pub fn response_id(&self) -> Option<&str> {
         self.id.as_deref()
     }

@@ -303,8 +303,8 @@ fn random_hex() -> String {
     format!("{a:016x}{b:08x}")
 }
 
-/// The completion's id: Gemini's `responseId` when it sent one, so a completion can be traced
-/// back to Google's logs.
+/// The completion's id as translated: Gemini's `responseId` when it sent one. The gateway
+/// answers with its own id; tool-call ids are derived from this one.
 fn chat_id(response_id: Option<&str>) -> String {
     match response_id.filter(|r| !r.is_empty()) {
         Some(r) => format!("chatcmpl-{r}"),

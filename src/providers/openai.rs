@@ -104,19 +104,14 @@ pub fn rewrite_chat_request(body: &[u8], upstream_model: &str, add_include_usage
 /// reads its usage. A body that is not a JSON object (an HTML error page, say) comes back
 /// unchanged with no usage. A body without `model` (an error object) gets none added.
 pub fn rewrite_chat_response(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>) {
-    let (out, usage, _) = rewrite_chat_response_with_id(body, slug);
+    let (out, usage, _) = rewrite_chat_response_as(body, slug, None);
     (out, usage)
 }
 
 /// [`rewrite_chat_response`], plus the body's top-level `id` (as [`response_id`] would read
-/// it) from the same scan.
-pub fn rewrite_chat_response_with_id(body: &[u8], slug: &str) -> (Vec<u8>, Option<Usage>, Option<String>) {
-    rewrite_chat_response_as(body, slug, None)
-}
-
-/// [`rewrite_chat_response_with_id`], and with `client_id` given, the body's top-level `id`
-/// replaced by it (the id the gateway answers with; see `store::client_response_id`). The id
-/// returned is still the provider's.
+/// it) from the same scan; with `client_id` given, that `id` is replaced by it in the body (the
+/// id the gateway answers with; see `store::client_response_id`). The id returned is still the
+/// provider's.
 pub fn rewrite_chat_response_as(
     body: &[u8],
     slug: &str,
@@ -322,15 +317,18 @@ pub fn rewrite_stream_chunk_as(
             }
         };
         let value = member.value(data);
-        if member.key_is(data, "model") {
-            out.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
-            out.extend_from_slice(model_json);
-            copied = member.value.end;
-        } else if let (Some(id_json), false, true) = (id_json, id_seen, member.key_is(data, "id")) {
-            // The first `id`, as `response_id` reads it.
+        // A replaced value: `model`, and the first `id` (as `response_id` reads it).
+        let replacement = if member.key_is(data, "model") {
+            Some(model_json)
+        } else if id_json.is_some() && !id_seen && member.key_is(data, "id") {
             id_seen = true;
+            id_json
+        } else {
+            None
+        };
+        if let Some(with) = replacement {
             out.extend_from_slice(data.get(copied..member.value.start).unwrap_or_default());
-            out.extend_from_slice(id_json);
+            out.extend_from_slice(with);
             copied = member.value.end;
         } else if member.key_is(data, "choices") {
             // An unexpected shape leaves the chunk uncounted rather than unforwarded.
