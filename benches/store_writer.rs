@@ -79,11 +79,21 @@ impl Requests {
         self.seq += 1;
         let mut rng = rand::rng();
         let id = new_generation_id();
-        let body_id = match self.body_ids {
-            BodyIds::Gateway => tollgate::store::client_response_id(&id, false),
-            BodyIds::Random => "chatcmpl-".chars().chain((0..29).map(|_| rng.sample(rand::distr::Alphanumeric) as char)).collect(),
-            BodyIds::Mock => format!("chatcmpl-mock-{}", self.seq),
-            BodyIds::None => String::new(),
+        // The provider's own id, kept in the record as `upstream_id` whatever the body carried.
+        let provider_id = || -> String {
+            "chatcmpl-".chars().chain((0..29).map(|_| rand::rng().sample(rand::distr::Alphanumeric) as char)).collect()
+        };
+        let (body_id, upstream_id) = match self.body_ids {
+            BodyIds::Gateway => (tollgate::store::client_response_id(&id, false), provider_id()),
+            BodyIds::Random => {
+                let p = provider_id();
+                (p.clone(), p)
+            }
+            BodyIds::Mock => {
+                let m = format!("chatcmpl-mock-{}", self.seq);
+                (m.clone(), m)
+            }
+            BodyIds::None => (String::new(), String::new()),
         };
         let account_id = 1 + self.seq % ACCOUNTS;
         let cost = rng.random_range(1_000..2_000_000i64);
@@ -91,6 +101,7 @@ impl Requests {
         let generation = GenerationRecord {
             id: id.clone(),
             body_id,
+            upstream_id,
             account_id,
             key_id: account_id * 10 + 1,
             model: "openai/gpt-4o-mini".into(),

@@ -50,6 +50,8 @@ pub async fn generation(app: &App, key: &KeyEntry, query: Option<&str>) -> Resul
         200,
         &json!({"data": {
             "id": g.id,
+            // The provider's own id, to find the request in its logs (OpenRouter's name).
+            "upstream_id": (!g.upstream_id.is_empty()).then_some(&g.upstream_id),
             "model": g.model,
             "provider": g.provider,
             "tokens_prompt": g.tokens_prompt,

@@ -27,6 +27,12 @@ pub trait StreamMeter: Send + Sync {
     /// The provider's id for the response (translated: `chatcmpl-msg_…`), once a chunk gave
     /// it. The client sees the gateway's own instead (each meter's `with_client_id`).
     fn response_id(&self) -> Option<&str>;
+    /// The provider's own id for the response, as it sent it (`msg_…` from Anthropic), for
+    /// the generation record's `upstream_id`. An OpenAI-format provider's id is not
+    /// translated, so by default it is [`response_id`](Self::response_id).
+    fn upstream_id(&self) -> Option<&str> {
+        self.response_id()
+    }
     /// Completion tokens estimated from what was produced, for streams without usage.
     fn estimated_completion_tokens(&self) -> u64;
 }

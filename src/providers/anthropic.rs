@@ -84,6 +84,11 @@ use crate::metering::StreamMeter;
 /// Prefix of the ids the client sees; Anthropic's message id follows it.
 const ID_PREFIX: &str = "chatcmpl-";
 
+/// Anthropic's own message id (`msg_…`) inside a translated id (`chatcmpl-msg_…`).
+pub fn upstream_id(translated: &str) -> Option<&str> {
+    translated.strip_prefix(ID_PREFIX).filter(|id| !id.is_empty())
+}
+
 /// The error a client's stream ends with when Anthropic's ends without `message_stop`.
 const ENDED_EARLY: &str = "the upstream stream ended before the message was complete";
 
@@ -2126,6 +2131,9 @@ impl StreamMeter for AnthropicStream {
     fn response_id(&self) -> Option<&str> {
         AnthropicStream::response_id(self)
     }
+    fn upstream_id(&self) -> Option<&str> {
+        self.id.as_deref().and_then(upstream_id)
+    }
     fn estimated_completion_tokens(&self) -> u64 {
         AnthropicStream::estimated_completion_tokens(self)
     }
@@ -3090,6 +3098,14 @@ mod tests {
         );
         assert!(!stream.usage_is_final());
         assert_eq!(stream.response_id(), Some("chatcmpl-msg_01Y3kPq7TnRv2Xc9"));
+        assert_eq!(crate::metering::StreamMeter::upstream_id(&stream), Some("msg_01Y3kPq7TnRv2Xc9"));
+    }
+
+    #[test]
+    fn the_providers_own_id_is_the_message_id() {
+        assert_eq!(upstream_id("chatcmpl-msg_01XFDUDYJgAACzvnptvVoYEL"), Some("msg_01XFDUDYJgAACzvnptvVoYEL"));
+        assert_eq!(upstream_id("chatcmpl-"), None);
+        assert_eq!(upstream_id("msg_1"), None, "not a translated id");
     }
 
     fn tokens_chars(text: &str) -> u64 {

@@ -116,6 +116,9 @@ impl StreamMeter for ChatToCompletionStream {
     fn response_id(&self) -> Option<&str> {
         self.inner.response_id()
     }
+    fn upstream_id(&self) -> Option<&str> {
+        self.inner.upstream_id()
+    }
     fn estimated_completion_tokens(&self) -> u64 {
         self.inner.estimated_completion_tokens()
     }

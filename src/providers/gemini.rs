@@ -303,6 +303,13 @@ fn random_hex() -> String {
     format!("{a:016x}{b:08x}")
 }
 
+/// Gemini's own `responseId` in a whole (non-streamed) response body, if it has one: the
+/// generation record's `upstream_id`.
+pub fn response_id_of(body: &[u8]) -> Option<String> {
+    let member = crate::providers::json_scan::find_member(body, "responseId").ok().flatten()?;
+    serde_json::from_slice::<String>(member.value(body)).ok().filter(|r| !r.is_empty())
+}
+
 /// The completion's id as translated: Gemini's `responseId` when it sent one. The gateway
 /// answers with its own id; tool-call ids are derived from this one.
 fn chat_id(response_id: Option<&str>) -> String {
@@ -1711,6 +1718,8 @@ pub struct GeminiStream {
     created: u64,
     /// `chatcmpl-…`, fixed by the first event.
     id: Option<String>,
+    /// Gemini's own `responseId`, if the first event had one.
+    upstream_id: Option<String>,
     /// The id the chunks carry to the client instead of `id` (the gateway's own).
     client_id: Option<String>,
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`, built
@@ -1750,6 +1759,7 @@ impl GeminiStream {
             include_usage,
             created,
             id: None,
+            upstream_id: None,
             client_id: None,
             prefix: Vec::new(),
             scratch: Vec::new(),
@@ -1819,6 +1829,7 @@ impl GeminiStream {
     }
 
     fn start(&mut self, response_id: Option<&str>) {
+        self.upstream_id = response_id.filter(|r| !r.is_empty()).map(str::to_string);
         let id = chat_id(response_id);
         let mut prefix = Vec::with_capacity(id.len() + self.slug.len() + 80);
         prefix.extend_from_slice(b"{\"id\":");
@@ -1984,6 +1995,10 @@ impl StreamMeter for GeminiStream {
 
     fn response_id(&self) -> Option<&str> {
         self.id.as_deref()
+    }
+
+    fn upstream_id(&self) -> Option<&str> {
+        self.upstream_id.as_deref()
     }
 
     fn estimated_completion_tokens(&self) -> u64 {
@@ -2437,6 +2452,7 @@ mod tests {
             })
         );
         assert_eq!(stream.response_id(), Some("chatcmpl-st-Ab12Cd"));
+        assert_eq!(crate::metering::StreamMeter::upstream_id(&stream), Some("st-Ab12Cd"));
         // "Hello" + " world! Here’s a \"line\"\n" + " café 😀"
         assert_eq!(stream.generated_chars(), 5 + 24 + 7);
         assert_eq!(stream.estimated_completion_tokens(), 9);
@@ -2496,6 +2512,22 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[1]["choices"][0]["delta"]["content"], "Hi");
         assert_eq!(stream.response_id(), Some("chatcmpl-r"));
+        assert_eq!(crate::metering::StreamMeter::upstream_id(&stream), Some("r"));
+    }
+
+    #[test]
+    fn the_providers_own_id_is_its_response_id() {
+        assert_eq!(response_id_of(br#"{"candidates":[],"responseId":"r-1\u00e9"}"#).as_deref(), Some("r-1é"));
+        assert_eq!(response_id_of(br#"{"candidates":[{"responseId":"nested"}]}"#), None);
+        assert_eq!(response_id_of(br#"{"responseId":""}"#), None);
+        assert_eq!(response_id_of(br#"{"responseId":7}"#), None);
+        assert_eq!(response_id_of(b"not json"), None);
+        // No responseId: the translated id is made up, and there is no provider id to keep.
+        let mut stream = GeminiStream::new(SLUG, false);
+        let mut out = BytesMut::new();
+        stream.on_bytes(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}]}\r\n\r\n", &mut out);
+        assert!(stream.response_id().is_some_and(|id| id.starts_with("chatcmpl-")));
+        assert_eq!(crate::metering::StreamMeter::upstream_id(&stream), None);
     }
 
     #[test]

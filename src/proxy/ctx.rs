@@ -115,8 +115,12 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// What the request consumed, once known (reported, or estimated: see `usage_estimated`).
     pub units: Option<Units>,
-    /// The response body's `id` (e.g. `chatcmpl-…`), so `/generation?id=` finds it too.
+    /// The response body's `id` as the client saw it (the gateway's `chatcmpl-<generation
+    /// id>`), recorded with the generation.
     pub body_id: Option<String>,
+    /// The provider's own id for a collected (JSON) answer, recorded as the generation's
+    /// `upstream_id`; a stream's comes from its meter at settlement.
+    pub upstream_id: Option<String>,
     pub usage_estimated: bool,
     /// When the upstream attempt began (peer chosen) and when its header arrived.
     pub upstream_start: Option<Instant>,
@@ -156,6 +160,7 @@ impl RequestCtx {
             upstream_status: None,
             units: None,
             body_id: None,
+            upstream_id: None,
             usage_estimated: false,
             upstream_start: None,
             upstream_header: None,

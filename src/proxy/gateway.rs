@@ -732,8 +732,10 @@ impl Gateway {
                         return body;
                     }
                 };
-                // The body carries the gateway's id wherever the provider's had one.
-                ctx.body_id = answer.id.is_some().then_some(client_id);
+                // The body carries the gateway's id wherever the provider's had one; the
+                // provider's is kept for the record.
+                ctx.body_id = answer.id;
+                ctx.upstream_id = answer.upstream_id;
                 ctx.units = Some(match answer.units {
                     Some(u) => u,
                     None => {

@@ -35,6 +35,9 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
             // The chunks carried the gateway's id in place of the provider's.
             ctx.body_id = Some(super::wire::client_id(inf.endpoint, inf.via_chat, &ctx.generation_id));
         }
+        if ctx.upstream_id.is_none() {
+            ctx.upstream_id = meter.upstream_id().map(str::to_string);
+        }
         match meter.usage() {
             Some(u) => ctx.units = Some(Units::Tokens(u)),
             None => {
@@ -54,7 +57,8 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
     let provider = &inf.provider;
     let mut record = GenerationRecord {
         id: ctx.generation_id.clone(),
-        body_id: ctx.body_id.clone().unwrap_or_default(),
+        body_id: ctx.body_id.take().unwrap_or_default(),
+        upstream_id: ctx.upstream_id.take().unwrap_or_default(),
         account_id: key.account_id,
         key_id: key.id,
         model: model.slug.clone(),

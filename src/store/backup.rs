@@ -484,6 +484,7 @@ pub fn generation_line(g: &GenerationRecord) -> serde_json::Value {
         "type": "generation",
         "id": g.id,
         "body_id": g.body_id,
+        "upstream_id": g.upstream_id,
         "account_id": g.account_id,
         "key_id": g.key_id,
         "model": g.model,

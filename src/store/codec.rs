@@ -16,7 +16,10 @@
 //! Rows written before are JSON objects, which start with `{` (serde_json writes no leading
 //! whitespace), never [`V1`]: readers tell the two apart by the first byte, so existing stores
 //! need no migration and may hold both. A change of layout takes a new version byte, and
-//! readers keep decoding the old ones.
+//! readers keep decoding the old ones. An optional field added later takes a flag bit of its
+//! own and goes where the layout says (the generation's `upstream_id`, after `error`): rows
+//! without the bit read as before, and a build that predates the bit refuses a row with it
+//! (unknown flag) instead of misreading it.
 
 use super::records::{AttemptRecord, GenerationRecord, LedgerEntry, LedgerKind};
 use super::tables::{read_json, Row};
@@ -33,6 +36,10 @@ const HAS_NOTE: u8 = 1 << 2;
 const STREAMED: u8 = 1;
 const USAGE_ESTIMATED: u8 = 1 << 1;
 const HAS_ERROR: u8 = 1 << 2;
+/// Added after V1's first rows: the provider's id, written after `error`. A row without the
+/// bit reads as before (no id); a build older than the bit refuses a row with it (an unknown
+/// flag) rather than misreading it.
+const HAS_UPSTREAM_ID: u8 = 1 << 3;
 
 // AttemptRecord flags. The attempt that answered usually served the record's own model and
 // provider: then they are not stored twice.
@@ -81,7 +88,8 @@ impl Row for GenerationRecord {
     fn write_row(&self, out: &mut Vec<u8>) -> Result<(), String> {
         let flags = flag(self.streamed, STREAMED)
             | flag(self.usage_estimated, USAGE_ESTIMATED)
-            | flag(self.error.is_some(), HAS_ERROR);
+            | flag(self.error.is_some(), HAS_ERROR)
+            | flag(!self.upstream_id.is_empty(), HAS_UPSTREAM_ID);
         out.extend_from_slice(&[V1, flags]);
         put_str(out, &self.id);
         put_str(out, &self.body_id);
@@ -98,6 +106,9 @@ impl Row for GenerationRecord {
         put_u64(out, self.attempts.into());
         if let Some(error) = &self.error {
             put_str(out, error);
+        }
+        if !self.upstream_id.is_empty() {
+            put_str(out, &self.upstream_id);
         }
         put_u64(out, self.attempt_log.len() as u64);
         for a in &self.attempt_log {
@@ -125,7 +136,7 @@ impl Row for GenerationRecord {
 
     fn read_row(bytes: &[u8]) -> Result<Self, String> {
         let Some(mut r) = Reader::binary(bytes)? else { return read_json(bytes) };
-        let flags = r.flags(STREAMED | USAGE_ESTIMATED | HAS_ERROR)?;
+        let flags = r.flags(STREAMED | USAGE_ESTIMATED | HAS_ERROR | HAS_UPSTREAM_ID)?;
         // A struct expression evaluates its fields in the order written: the row's order.
         let mut g = GenerationRecord {
             streamed: flags & STREAMED != 0,
@@ -144,6 +155,7 @@ impl Row for GenerationRecord {
             created_at: r.u64()?,
             attempts: r.u32()?,
             error: r.str_if(flags & HAS_ERROR != 0)?,
+            upstream_id: r.str_if(flags & HAS_UPSTREAM_ID != 0)?.unwrap_or_default(),
             attempt_log: Vec::new(),
         };
         // No capacity from the count: a garbled count must not allocate. Each attempt takes
@@ -304,6 +316,7 @@ mod tests {
         GenerationRecord {
             id: "gen-19b0f5c2a41-AbCdEf012345".into(),
             body_id: "chatcmpl-Ωmega ☃ 日本語 🚀".into(),
+            upstream_id: "msg_01XFDUDYJgAACzvnptvVoYEL ✓".into(),
             account_id: 42,
             key_id: 4_242,
             model: "openai/gpt-4o-mini".into(),
@@ -331,6 +344,7 @@ mod tests {
         GenerationRecord {
             id: String::new(),
             body_id: String::new(),
+            upstream_id: String::new(),
             account_id: 0,
             key_id: 0,
             model: String::new(),
@@ -423,6 +437,23 @@ mod tests {
         let alone = encode(&same).unwrap().len();
         same.attempt_log.push(AttemptRecord { model: same.model.clone(), provider: same.provider.clone(), ..Default::default() });
         assert_eq!(round_trip(&same).len(), alone + 4, "flags, empty upstream model, status, latency");
+    }
+
+    /// The provider's id is an optional field behind its own flag: a record without one is
+    /// written exactly as rows were before the field existed, so those rows read back as
+    /// records without it.
+    #[test]
+    fn the_upstream_id_is_optional_and_flagged() {
+        let with = full_generation();
+        let without = GenerationRecord { upstream_id: String::new(), ..full_generation() };
+        let (a, b) = (round_trip(&with), round_trip(&without));
+        assert_eq!(a[1] & HAS_UPSTREAM_ID, HAS_UPSTREAM_ID);
+        assert_eq!(b[1] & HAS_UPSTREAM_ID, 0);
+        assert_eq!(a.len(), b.len() + 1 + with.upstream_id.len(), "a length byte and the id");
+        // A row from before the field: the flags a V1 writer knew then, no id.
+        let old = encode(&empty_generation()).unwrap();
+        assert_eq!(old[1], 0);
+        assert_eq!(decode::<GenerationRecord>(&old, "generation").unwrap().upstream_id, "");
     }
 
     /// Rows from before the binary form, as serde_json wrote them (fields added later absent).

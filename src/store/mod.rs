@@ -815,6 +815,7 @@ pub(crate) mod tests {
         GenerationRecord {
             id: id.into(),
             body_id: body_id.into(),
+            upstream_id: String::new(),
             account_id,
             key_id: 1,
             model: "gpt-test".into(),

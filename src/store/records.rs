@@ -102,9 +102,17 @@ pub struct LedgerEntry {
 pub struct GenerationRecord {
     /// Tollgate's id, from `store::new_generation_id()`.
     pub id: String,
-    /// The upstream response's `id` field (e.g. "chatcmpl-…"); empty if there was none.
+    /// The `id` the client's response carried: the gateway's own (`chatcmpl-<id>`, see
+    /// `store::client_response_id`); in records written before that, the provider's. Empty if
+    /// the response had none.
     #[serde(default)]
     pub body_id: String,
+    /// The provider's own id for the completion, as it sent it (`chatcmpl-…` from OpenAI,
+    /// `msg_…` from Anthropic, Gemini's `responseId`), to find the request in the provider's
+    /// logs; OpenRouter's `upstream_id`. Empty when the provider sent none (or the record
+    /// predates the field).
+    #[serde(default)]
+    pub upstream_id: String,
     pub account_id: u64,
     pub key_id: u64,
     pub model: String,

@@ -105,6 +105,29 @@ fn generation_lookup_is_scoped_to_the_account() {
     assert_eq!(r.status(), 401);
 }
 
+/// The client sees the gateway's id; the provider's own is kept in the record as
+/// `upstream_id` (OpenRouter's name), for each wire format, whole and streamed.
+#[test]
+fn a_generation_keeps_the_providers_own_id() {
+    let gw = Gateway::start();
+    let (_, key) = gw.account_with_key("5");
+    for (model, prefix) in [("mock/echo-1", "chatcmpl-mock-"), ("anthropic/claude-test", "msg_mock_"), ("google/gemini-test", "mock-")] {
+        for stream in [false, true] {
+            let mut body = hello(model);
+            body["stream"] = json!(stream);
+            let r = gw.chat(&key, body);
+            assert_eq!(r.status(), 200, "{model} stream={stream}");
+            let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_string();
+            let text = r.text().unwrap();
+            assert!(text.contains(&format!("\"chatcmpl-{gen_id}\"")), "{model} stream={stream}: {text}");
+            assert!(!text.contains(prefix), "{model} stream={stream}: the provider's id reached the client: {text}");
+            let g = gw.generation_eventually(&key, &gen_id);
+            let upstream = g["upstream_id"].as_str().unwrap_or_else(|| panic!("{model} stream={stream}: no upstream_id in {g}"));
+            assert!(upstream.starts_with(prefix) && upstream.len() > prefix.len(), "{model} stream={stream}: {upstream}");
+        }
+    }
+}
+
 #[test]
 fn a_generation_is_found_as_soon_as_its_answer_arrived() {
     // Records are group-committed ~50 ms after the answer; a lookup that misses flushes the
