@@ -41,12 +41,14 @@ pub fn cost(model: &Model, units: &Units, markup_bps: u32) -> Nano {
             let write = model.cache_write_per_mtok.map(|p| (u.cache_write_tokens, p));
             let special = read.map_or(0, |r| r.0).saturating_add(write.map_or(0, |w| w.0));
             let plain = u.prompt_tokens.saturating_sub(special);
-            let mut parts = vec![
+            // On the stack: this runs twice per request (the reservation and the charge).
+            // An absent cache price is a part of zero.
+            let parts = [
                 (plain, model.input_per_mtok, PER_MILLION),
                 (u.completion_tokens, model.output_per_mtok, PER_MILLION),
+                read.map_or((0, 0, PER_MILLION), |(n, p)| (n, p, PER_MILLION)),
+                write.map_or((0, 0, PER_MILLION), |(n, p)| (n, p, PER_MILLION)),
             ];
-            parts.extend(read.map(|(n, p)| (n, p, PER_MILLION)));
-            parts.extend(write.map(|(n, p)| (n, p, PER_MILLION)));
             charge(&parts, markup_bps)
         }
         Units::Images { count, unit_price } => charge(&[(count, unit_price, 1)], markup_bps),

@@ -62,7 +62,7 @@ fn writer(rx: Receiver<String>) {
     }
 }
 
-pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled) {
+pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled, end: std::time::Instant) {
     let (model, provider) = match ctx.inference.as_ref() {
         Some(inf) => (inf.model.slug.as_str(), inf.provider.name.as_str()),
         None => ("", ""),
@@ -86,7 +86,7 @@ pub fn record(app: &App, session: &Session, ctx: &RequestCtx, settled: &Settled)
         Some(k) => line.num("key_id", k.id),
         None => line.raw("key_id", "null"),
     }
-    let latency_us = ctx.start.elapsed().as_micros() as u64;
+    let latency_us = end.saturating_duration_since(ctx.start).as_micros() as u64;
     line.key("latency_ms");
     write_json_u64(&mut line.0, latency_us / 1000);
     let ms_frac = latency_us % 1000;

@@ -92,8 +92,7 @@ pub fn failed(ctx: &mut RequestCtx, status: u16, error: String, failing_over: bo
 
 /// The provider answered with a status that is not the route's fault (2xx, or a 4xx other
 /// than 429): the route is healthy.
-pub fn answered(ctx: &mut RequestCtx, status: u16) {
-    let now = Instant::now();
+pub fn answered(ctx: &mut RequestCtx, status: u16, now: Instant) {
     let Some(routing) = ctx.routing.as_mut() else { return };
     let Some(a) = routing.current.as_mut() else { return };
     a.guard.success(Some(now.saturating_duration_since(a.started)));

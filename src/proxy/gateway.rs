@@ -59,8 +59,13 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.app.config.pin())
     }
 
+    /// No downstream modules. Pingora's default adds its response-compression module, off,
+    /// to every request: four allocations and a pass over every response header and body
+    /// chunk for nothing, since the gateway never compresses (and asks providers not to).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.start = Instant::now();
+        // `ctx.start` was set by `new_ctx`, which Pingora calls just before this phase.
         ctx.request_id = super::ctx::new_request_id();
         // Timeouts, CORS, the per-address cap, the path, the content type (guard.rs).
         let route = match super::guard::begin(session, ctx) {
@@ -211,7 +216,7 @@ impl ProxyHttp for Gateway {
                 r.current = None;
             }
         } else {
-            attempt::answered(ctx, status);
+            attempt::answered(ctx, status, now);
         }
         if let (Some(inf), Some(r)) = (ctx.inference.as_ref(), ctx.routing.as_ref()) {
             let deadline = r.current.as_ref().map_or(r.plan.deadline, |a| a.deadline);
@@ -299,8 +304,9 @@ impl ProxyHttp for Gateway {
         if ctx.inference.is_none() {
             return Ok(None);
         }
+        let mut now = None;
         if body.as_ref().is_some_and(|b| !b.is_empty()) {
-            let now = Instant::now();
+            let now = *now.insert(Instant::now());
             if ctx.first_body_byte.is_none() {
                 ctx.first_body_byte = Some(now);
             }
@@ -338,7 +344,9 @@ impl ProxyHttp for Gateway {
             }
         }
         if end_of_stream {
-            ctx.upstream_end = Some(Instant::now());
+            // The body's last bytes arrived with this call (a JSON answer usually comes in
+            // one): the clock read for them is the end.
+            ctx.upstream_end = Some(now.unwrap_or_else(Instant::now));
             // The last bytes are about to leave: see `local::write_reply`.
             ctx.ip_slot = None;
         }
@@ -464,8 +472,9 @@ impl ProxyHttp for Gateway {
         if ctx.status == 0 {
             ctx.status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         }
-        let settled = super::settle::finish(&self.app, ctx, e);
-        access_log::record(&self.app, session, ctx, &settled);
+        let end = Instant::now();
+        let settled = super::settle::finish(&self.app, ctx, e, end);
+        access_log::record(&self.app, session, ctx, &settled, end);
     }
 }
 

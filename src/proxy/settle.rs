@@ -21,7 +21,8 @@ pub struct Settled {
     pub estimated: bool,
 }
 
-pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
+/// `end`: when the request ended (the logging phase's clock read, shared with the access log).
+pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time::Instant) -> Settled {
     let Some(inf) = ctx.inference.as_mut() else { return Settled::default() };
     let reservation = inf.reservation.take();
     let spend_hold = inf.spend_hold.take();
@@ -52,7 +53,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) -> Settled {
     }
 
     let upstream_ok = ctx.upstream_status.is_some_and(|s| (200..300).contains(&s));
-    let latency_ms = ctx.start.elapsed().as_millis() as u64;
+    let latency_ms = end.saturating_duration_since(ctx.start).as_millis() as u64;
     let model = &inf.model;
     let provider = &inf.provider;
     let mut record = GenerationRecord {
