@@ -743,7 +743,7 @@ impl Gateway {
                 };
                 // The body carries the gateway's id wherever the provider's had one; the
                 // provider's is kept for the record.
-                ctx.body_id = answer.id;
+                ctx.body_id = answer.carries_id.then_some(client_id);
                 ctx.upstream_id = answer.upstream_id;
                 ctx.units = Some(match answer.units {
                     Some(u) => u,

@@ -167,8 +167,8 @@ pub fn stream_meter(
 pub struct Answer {
     pub body: Vec<u8>,
     pub units: Option<Units>,
-    /// The id the body carries (the client's), if it has one.
-    pub id: Option<String>,
+    /// Whether the body carries an id (then the client's, see [`client_id`]).
+    pub carries_id: bool,
     /// The provider's own id for the answer, as it sent it (see `GenerationRecord::upstream_id`).
     pub upstream_id: Option<String>,
 }
@@ -196,11 +196,11 @@ pub fn response(
         Endpoint::Embeddings if kind == ProviderKind::Gemini => {
             let out = gemini_embed::embed_response(body, slug).map_err(|e| bad(e.message))?;
             // Gemini reports no tokens for embeddings: estimated from the input by the caller.
-            Ok(Answer { body: out, units: None, id: None, upstream_id: None })
+            Ok(Answer { body: out, units: None, carries_id: false, upstream_id: None })
         }
         Endpoint::Embeddings => {
             let (out, usage) = openai::rewrite_chat_response(body, slug);
-            Ok(Answer { body: out, units: usage.map(Units::Tokens), id: None, upstream_id: None })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id: false, upstream_id: None })
         }
         Endpoint::Images => {
             let count = json_scan::find_member(body, "data")
@@ -210,12 +210,12 @@ pub fn response(
                 .map(|d| d.len() as u64)
                 .ok_or_else(|| bad("no 'data' array".into()))?;
             let unit_price = model.image_price(&info.size).unwrap_or(0);
-            Ok(Answer { body: body.to_vec(), units: Some(Units::Images { count, unit_price }), id: None, upstream_id: None })
+            Ok(Answer { body: body.to_vec(), units: Some(Units::Images { count, unit_price }), carries_id: false, upstream_id: None })
         }
-        Endpoint::Speech => Ok(Answer { body: body.to_vec(), units: Some(Units::Chars(info.chars)), id: None, upstream_id: None }),
+        Endpoint::Speech => Ok(Answer { body: body.to_vec(), units: Some(Units::Chars(info.chars)), carries_id: false, upstream_id: None }),
         Endpoint::Transcriptions => {
             let units = transcription_units(body);
-            Ok(Answer { body: body.to_vec(), units, id: None, upstream_id: None })
+            Ok(Answer { body: body.to_vec(), units, carries_id: false, upstream_id: None })
         }
     }
 }
@@ -232,22 +232,21 @@ fn chat_response(
             // The id is replaced in the same pass as the model.
             // `id` is the provider's: the body now carries `client_id` where it had one.
             let (out, usage, id) = openai::rewrite_chat_response_as(body, slug, Some(client_id));
-            let body_id = id.is_some().then(|| client_id.to_string());
-            Ok(Answer { body: out, units: usage.map(Units::Tokens), id: body_id, upstream_id: id })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id: id.is_some(), upstream_id: id })
         }
         ProviderKind::Anthropic => {
             let t = anthropic::translate_message(body, slug, json_mode).map_err(|e| TranslateFailure { message: e.message })?;
             let out = openai::with_response_id(&t.body, client_id);
             let upstream_id = anthropic::upstream_id(&t.id).map(str::to_string);
-            Ok(Answer { body: out, units: t.usage.map(Units::Tokens), id: Some(client_id.to_string()), upstream_id })
+            Ok(Answer { body: out, units: t.usage.map(Units::Tokens), carries_id: true, upstream_id })
         }
         ProviderKind::Gemini => {
             let (out, usage) = gemini::translate_response(body, slug).map_err(|e| TranslateFailure { message: e.message })?;
-            let id = openai::response_id(&out).map(|_| client_id.to_string());
+            let carries_id = openai::response_id(&out).is_some();
             let out = openai::with_response_id(&out, client_id);
             // Gemini without usageMetadata reports zeros: treat as unreported, so it is estimated.
             let usage = (usage.prompt_tokens > 0 || usage.completion_tokens > 0).then_some(usage);
-            Ok(Answer { body: out, units: usage.map(Units::Tokens), id, upstream_id: gemini::response_id_of(body) })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id, upstream_id: gemini::response_id_of(body) })
         }
     }
 }
