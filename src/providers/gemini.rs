@@ -303,13 +303,6 @@ fn random_hex() -> String {
     format!("{a:016x}{b:08x}")
 }
 
-/// Gemini's own `responseId` in a whole (non-streamed) response body, if it has one: the
-/// generation record's `upstream_id`.
-pub fn response_id_of(body: &[u8]) -> Option<String> {
-    let member = crate::providers::json_scan::find_member(body, "responseId").ok().flatten()?;
-    serde_json::from_slice::<String>(member.value(body)).ok().filter(|r| !r.is_empty())
-}
-
 /// The completion's id as translated: Gemini's `responseId` when it sent one. The gateway
 /// answers with its own id; tool-call ids are derived from this one.
 fn chat_id(response_id: Option<&str>) -> String {
@@ -1601,12 +1594,19 @@ fn tool_call_out<'a>(
 /// Gemini always reports `usageMetadata` on success; if it is missing, the completion side is
 /// estimated from the generated text and the prompt side is 0.
 pub fn translate_response(body: &[u8], slug: &str) -> Result<(Vec<u8>, Usage), TranslateError> {
+    translate_response_and_id(body, slug).map(|(out, usage, _)| (out, usage))
+}
+
+/// [`translate_response`], and Gemini's own `responseId` if it sent one (the generation
+/// record's `upstream_id`; the completion's id is derived from it, see [`chat_id`]).
+pub fn translate_response_and_id(body: &[u8], slug: &str) -> Result<(Vec<u8>, Usage, Option<String>), TranslateError> {
     let response: ResponseIn<'_> = serde_json::from_slice(body)
         .map_err(|e| TranslateError { message: format!("malformed Gemini response: {e}") })?;
     if let Some(error) = response.error.as_ref().filter(|e| **e != Json::Null) {
         return Err(TranslateError { message: describe_error(error) });
     }
-    let id = chat_id(response.response_id.as_ref().map(|r| r.0.as_ref()));
+    let upstream_id = response.response_id.as_ref().map(|r| r.0.as_ref()).filter(|r| !r.is_empty()).map(str::to_string);
+    let id = chat_id(upstream_id.as_deref());
     let mut choices = Vec::new();
     let mut chars = 0u64;
     for (position, candidate) in response.candidates.unwrap_or_default().into_iter().enumerate() {
@@ -1679,7 +1679,7 @@ pub fn translate_response(body: &[u8], slug: &str) -> Result<(Vec<u8>, Usage), T
     };
     let body = serde_json::to_vec(&completion)
         .map_err(|e| TranslateError { message: format!("could not encode the completion: {e}") })?;
-    Ok((body, usage))
+    Ok((body, usage, upstream_id))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2517,11 +2517,12 @@ mod tests {
 
     #[test]
     fn the_providers_own_id_is_its_response_id() {
-        assert_eq!(response_id_of(br#"{"candidates":[],"responseId":"r-1\u00e9"}"#).as_deref(), Some("r-1é"));
-        assert_eq!(response_id_of(br#"{"candidates":[{"responseId":"nested"}]}"#), None);
-        assert_eq!(response_id_of(br#"{"responseId":""}"#), None);
-        assert_eq!(response_id_of(br#"{"responseId":7}"#), None);
-        assert_eq!(response_id_of(b"not json"), None);
+        let own = |body: &[u8]| translate_response_and_id(body, SLUG).unwrap().2;
+        assert_eq!(own(br#"{"candidates":[],"responseId":"r-1\u00e9"}"#).as_deref(), Some("r-1é"));
+        assert_eq!(own(br#"{"candidates":[{"responseId":"nested"}]}"#), None);
+        assert_eq!(own(br#"{"responseId":""}"#), None);
+        assert!(translate_response_and_id(br#"{"responseId":7}"#, SLUG).is_err());
+        assert!(translate_response_and_id(b"not json", SLUG).is_err());
         // No responseId: the translated id is made up, and there is no provider id to keep.
         let mut stream = GeminiStream::new(SLUG, false);
         let mut out = BytesMut::new();

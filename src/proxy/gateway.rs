@@ -304,9 +304,9 @@ impl ProxyHttp for Gateway {
         if ctx.inference.is_none() {
             return Ok(None);
         }
-        let mut now = None;
-        if body.as_ref().is_some_and(|b| !b.is_empty()) {
-            let now = *now.insert(Instant::now());
+        // When bytes arrived with this call, if they did.
+        let arrived = body.as_ref().is_some_and(|b| !b.is_empty()).then(Instant::now);
+        if let Some(now) = arrived {
             if ctx.first_body_byte.is_none() {
                 ctx.first_body_byte = Some(now);
             }
@@ -346,7 +346,7 @@ impl ProxyHttp for Gateway {
         if end_of_stream {
             // The body's last bytes arrived with this call (a JSON answer usually comes in
             // one): the clock read for them is the end.
-            ctx.upstream_end = Some(now.unwrap_or_else(Instant::now));
+            ctx.upstream_end = Some(arrived.unwrap_or_else(Instant::now));
             // The last bytes are about to leave: see `local::write_reply`.
             ctx.ip_slot = None;
         }

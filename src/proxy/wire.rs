@@ -229,8 +229,8 @@ fn chat_response(
 ) -> Result<Answer, TranslateFailure> {
     match kind {
         ProviderKind::OpenAi | ProviderKind::Mock => {
-            // The id is replaced in the same pass as the model.
-            // `id` is the provider's: the body now carries `client_id` where it had one.
+            // The id is replaced in the same pass as the model; the one returned is the
+            // provider's, and the body carries `client_id` where it had one.
             let (out, usage, id) = openai::rewrite_chat_response_as(body, slug, Some(client_id));
             Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id: id.is_some(), upstream_id: id })
         }
@@ -241,12 +241,13 @@ fn chat_response(
             Ok(Answer { body: out, units: t.usage.map(Units::Tokens), carries_id: true, upstream_id })
         }
         ProviderKind::Gemini => {
-            let (out, usage) = gemini::translate_response(body, slug).map_err(|e| TranslateFailure { message: e.message })?;
-            let carries_id = openai::response_id(&out).is_some();
+            let (out, usage, upstream_id) =
+                gemini::translate_response_and_id(body, slug).map_err(|e| TranslateFailure { message: e.message })?;
+            // The translation always names the completion; the client sees the gateway's id.
             let out = openai::with_response_id(&out, client_id);
             // Gemini without usageMetadata reports zeros: treat as unreported, so it is estimated.
             let usage = (usage.prompt_tokens > 0 || usage.completion_tokens > 0).then_some(usage);
-            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id, upstream_id: gemini::response_id_of(body) })
+            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id: true, upstream_id })
         }
     }
 }
