@@ -30,7 +30,7 @@ pub struct App {
     pub keys: KeyRing,
     pub ids: Arc<IdCounters>,
     /// Account records by id (emails, markup, suspension); small and read-mostly.
-    pub accounts: RwLock<HashMap<u64, AccountRecord>>,
+    pub accounts: RwLock<crate::FastMap<u64, AccountRecord>>,
     pub access_log: AccessLog,
     /// Per-key requests per minute.
     pub rate: KeyRateLimiter,
@@ -75,7 +75,7 @@ impl App {
                 entry.flushed_last_used.store(at, Ordering::Relaxed);
             }
         }
-        let accounts: HashMap<u64, AccountRecord> = state.accounts.iter().map(|a| (a.id, a.clone())).collect();
+        let accounts: crate::FastMap<u64, AccountRecord> = state.accounts.iter().map(|a| (a.id, a.clone())).collect();
         let emails = accounts.values().map(|a| (a.email.to_ascii_lowercase(), a.id)).collect();
         // Spend caps count this UTC month's charges (the daily cap is a subset of it), read
         // from the usage rollups (a few rows per account and day, not every generation).

@@ -5,7 +5,6 @@
 //! Timing differences of the probe reveal at most bits of a hash, never of a secret.
 //! Changes (insert, revoke) are rare: they copy the maps and swap the snapshot in.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -131,8 +130,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[derive(Default, Clone)]
 struct Maps {
-    by_hash: HashMap<SecretHash, Arc<KeyEntry>>,
-    by_id: HashMap<u64, SecretHash>,
+    by_hash: crate::FastMap<SecretHash, Arc<KeyEntry>>,
+    by_id: crate::FastMap<u64, SecretHash>,
 }
 
 /// Secret hash → live key. Revoked keys are not kept.

@@ -7,7 +7,6 @@
 //! before they change the in-memory balance. After a crash the balance is re-derived from the
 //! ledger on disk, so the two can never disagree — at worst a few charges committed nowhere.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -124,7 +123,7 @@ impl Drop for Reservation {
 
 /// All accounts' balances, shared by every request.
 pub struct Ledger {
-    accounts: RwLock<HashMap<u64, Slot>>,
+    accounts: RwLock<crate::FastMap<u64, Slot>>,
     writer: Arc<StoreWriter>,
     ids: Arc<IdCounters>,
 }
@@ -624,7 +623,7 @@ mod tests {
 
         let store = Store::open(&dir).expect("reopens after kill -9");
         let state = store.load_state().expect("load");
-        let generations: HashMap<String, GenerationRecord> = store
+        let generations: std::collections::HashMap<String, GenerationRecord> = store
             .all_generations()
             .expect("read")
             .into_iter()

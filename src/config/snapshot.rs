@@ -5,7 +5,6 @@
 //! by slug, so the request path does no parsing and no lookups in the environment.
 
 use crate::billing::money::Nano;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,12 +276,12 @@ pub struct BillingSettings {
 pub struct Config {
     pub server: ServerSettings,
     pub billing: BillingSettings,
-    pub providers: HashMap<String, Arc<Provider>>,
+    pub providers: crate::FastMap<String, Arc<Provider>>,
     /// In file order, which is the catalog's order.
     pub models: Vec<Arc<Model>>,
-    pub by_slug: HashMap<String, Arc<Model>>,
+    pub by_slug: crate::FastMap<String, Arc<Model>>,
     /// `[[aliases]]`: name → slugs, tried in order.
-    pub aliases: HashMap<String, Vec<String>>,
+    pub aliases: crate::FastMap<String, Vec<String>>,
     pub routing: RoutingSettings,
 }
 

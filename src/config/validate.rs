@@ -49,7 +49,7 @@ pub fn validate(
     let server = server_settings(&file, env, &mut errs);
     let billing = billing_settings(&file, &mut errs);
 
-    let mut providers = HashMap::new();
+    let mut providers = crate::FastMap::default();
     for (name, p) in &file.providers {
         if let Some(provider) = provider(name, p, env, &mut errs) {
             providers.insert(name.clone(), Arc::new(provider));
@@ -57,7 +57,7 @@ pub fn validate(
     }
 
     let mut models = Vec::new();
-    let mut by_slug = HashMap::new();
+    let mut by_slug = crate::FastMap::default();
     for (i, m) in file.models.iter().enumerate() {
         let path = format!("models[{i}]");
         if by_slug.contains_key(&m.slug) {
@@ -98,8 +98,8 @@ pub fn validate(
 /// What `model` names that are not slugs mean: `auto` and `[[aliases]]`.
 pub const AUTO_NAMES: [&str; 2] = ["auto", "tollgate/auto"];
 
-fn aliases(file: &FileConfig, by_slug: &HashMap<String, Arc<Model>>, errs: &mut Errors) -> HashMap<String, Vec<String>> {
-    let mut out = HashMap::new();
+fn aliases(file: &FileConfig, by_slug: &crate::FastMap<String, Arc<Model>>, errs: &mut Errors) -> crate::FastMap<String, Vec<String>> {
+    let mut out = crate::FastMap::default();
     for (i, a) in file.aliases.iter().enumerate() {
         let path = format!("aliases[{i}]");
         if a.name.is_empty() || a.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -178,7 +178,7 @@ fn with_routes(
     path: &str,
     m: &ModelFile,
     mut model: Model,
-    providers: &HashMap<String, Arc<Provider>>,
+    providers: &crate::FastMap<String, Arc<Provider>>,
     provider_files: &std::collections::BTreeMap<String, ProviderFile>,
     errs: &mut Errors,
 ) -> Option<Model> {

@@ -19,7 +19,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use memchr::{memchr, memchr2};
+use memchr::memchr2;
 
 /// Why an object could not be scanned: what was expected, and at which byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,9 @@ impl std::error::Error for ScanError {}
 pub struct Member {
     pub key: Range<usize>,
     pub value: Range<usize>,
+    /// Whether the key contains a backslash escape, as the scan that found its end saw:
+    /// comparing a key without one is a plain byte comparison.
+    key_escaped: bool,
 }
 
 impl Member {
@@ -51,18 +54,13 @@ impl Member {
         let Some(quoted) = src.get(self.key.clone()) else {
             return false;
         };
-        let Some(raw) = quoted.strip_prefix(b"\"").and_then(|q| q.strip_suffix(b"\"")) else {
-            return false;
-        };
-        if raw == name.as_bytes() {
-            // Unless the key has an escape, which decodes to something else.
-            return memchr(b'\\', raw).is_none();
+        if !self.key_escaped {
+            // No escape: the key decodes to the bytes between its quotes.
+            return quoted.len() == name.len() + 2 && &quoted[1..quoted.len() - 1] == name.as_bytes();
         }
-        // A key containing an escape decodes to fewer bytes than it has, so one no longer than
-        // `name` cannot be `name`, and a key without escapes is `name` only if it equals it
-        // byte for byte. Most keys are settled here without a search for backslashes (keys
-        // are compared with several names each).
-        if raw.len() <= name.len() || memchr(b'\\', raw).is_none() {
+        // An escaped key decodes to fewer bytes than it has, so one no longer than `name` cannot
+        // be `name`.
+        if quoted.len() <= name.len() + 2 {
             return false;
         }
         // Rare: an escaped key. Decoding allocates, but only for keys that contain escapes.
@@ -153,13 +151,13 @@ impl<'a> ObjectScanner<'a> {
         if src.get(p) != Some(&b'"') {
             return Err(ScanError { offset: p, expected: "a string key" });
         }
-        let key_end = skip_string(src, p)?;
+        let (key_end, key_escaped) = scan_string(src, p)?;
         let colon = skip_ws(src, key_end);
         if src.get(colon) != Some(&b':') {
             return Err(ScanError { offset: colon, expected: "':'" });
         }
         let value_start = skip_ws(src, colon + 1);
-        let key_only = Member { key: p..key_end, value: value_start..value_start };
+        let key_only = Member { key: p..key_end, value: value_start..value_start, key_escaped };
         let value_end = match read(&key_only, value_start) {
             Some(end) if end > value_start && end <= src.len() => {
                 debug_assert_eq!(skip_value(src, value_start).ok(), Some(end), "a value read in place ends where skipping ends");
@@ -170,7 +168,7 @@ impl<'a> ObjectScanner<'a> {
         self.pos = value_end;
         self.state = State::Rest;
         self.members += 1;
-        Ok(Some(Member { key: p..key_end, value: value_start..value_end }))
+        Ok(Some(Member { key: p..key_end, value: value_start..value_end, key_escaped }))
     }
 
     /// Index of the closing `}`, once `next_member` has returned `Ok(None)`. Members are
@@ -234,6 +232,14 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Nearly every string written (ids, slugs, names, paths) needs no escape: checked in one
+    // branch-free pass (which the compiler vectorises) and copied whole.
+    let plain = !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -268,13 +274,22 @@ fn skip_ws(src: &[u8], mut i: usize) -> usize {
 
 /// `src[start]` is `"`; returns the index just past the closing quote.
 fn skip_string(src: &[u8], start: usize) -> Result<usize, ScanError> {
+    scan_string(src, start).map(|(end, _)| end)
+}
+
+/// [`skip_string`], and whether the string contains a backslash escape.
+fn scan_string(src: &[u8], start: usize) -> Result<(usize, bool), ScanError> {
     let mut i = start + 1;
+    let mut escaped = false;
     while i <= src.len() {
         match memchr2(b'"', b'\\', &src[i..]) {
-            Some(k) if src[i + k] == b'"' => return Ok(i + k + 1),
+            Some(k) if src[i + k] == b'"' => return Ok((i + k + 1, escaped)),
             // A backslash escapes exactly the next byte as far as finding the end is concerned
             // (`\uXXXX` has no quote or backslash in its hex digits).
-            Some(k) => i += k + 2,
+            Some(k) => {
+                escaped = true;
+                i += k + 2;
+            }
             None => break,
         }
     }
@@ -465,5 +480,24 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001é/""#.as_bytes());
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é/");
+        // Strings with nothing to escape take the copy path; one escapable byte anywhere,
+        // first or last, takes the escaping one.
+        for s in ["", "gen-1a2b-XyZ", "mock/echo-1 é 😀", "\"", "x\\", "\u{1f}y", "\u{7f}"] {
+            let mut out = b"[".to_vec();
+            write_json_string(&mut out, s);
+            let back: String = serde_json::from_slice(&out[1..]).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(out[1..], serde_json::to_vec(s).unwrap()[..], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn unescaped_keys_compare_whole() {
+        let src = br#"{"model":1,"models":2,"mode":3}"#;
+        let mut scanner = ObjectScanner::new(src).unwrap();
+        let members: Vec<Member> = std::iter::from_fn(|| scanner.next_member().unwrap()).collect();
+        let named: Vec<bool> = members.iter().map(|m| m.key_is(src, "model")).collect();
+        assert_eq!(named, [true, false, false]);
+        assert!(members[1].key_is(src, "models") && members[2].key_is(src, "mode"));
     }
 }

@@ -15,7 +15,9 @@ use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    /// Finished lines, as bytes: only valid UTF-8 is ever written into one (see `Line`), and
+    /// stdout takes bytes, so nothing checks them again.
+    tx: Option<SyncSender<Vec<u8>>>,
 }
 
 impl AccessLog {
@@ -24,7 +26,7 @@ impl AccessLog {
         if !enabled {
             return AccessLog { tx: None };
         }
-        let (tx, rx) = sync_channel::<String>(16 * 1024);
+        let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
         let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || writer(rx));
         match spawned {
             Ok(_) => AccessLog { tx: Some(tx) },
@@ -35,7 +37,7 @@ impl AccessLog {
         }
     }
 
-    fn send(&self, line: String) {
+    fn send(&self, line: Vec<u8>) {
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(_)) = tx.try_send(line) {
                 // Never block a request on logging; count what was dropped.
@@ -45,17 +47,17 @@ impl AccessLog {
     }
 }
 
-fn writer(rx: Receiver<String>) {
+fn writer(rx: Receiver<Vec<u8>>) {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     while let Ok(line) = rx.recv() {
         // Let lines accumulate: while this thread sleeps instead of blocking in recv(), a
         // request logging a line never has to wake it (no futex syscall per request).
         std::thread::sleep(std::time::Duration::from_millis(10));
-        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(&line);
         let _ = out.write_all(b"\n");
         while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+            let _ = out.write_all(&line);
             let _ = out.write_all(b"\n");
         }
         let _ = out.flush();
@@ -132,10 +134,11 @@ impl Line {
         self.key(name);
         self.0.extend_from_slice(json.as_bytes());
     }
-    fn finish(mut self) -> String {
+    /// The object's bytes: valid UTF-8, since only field names, escaped strings and numbers
+    /// were written.
+    fn finish(mut self) -> Vec<u8> {
         self.0.push(b'}');
-        // Only valid UTF-8 was written: field names, escaped strings and numbers.
-        String::from_utf8(self.0).unwrap_or_default()
+        self.0
     }
 }
 

@@ -10,7 +10,6 @@
 //! body-id index, which is why responses carry the gateway's own (see `put_generation` and
 //! `benches/store_writer.rs`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -614,7 +613,7 @@ fn put_generation(t: &mut Tables<'_>, g: &GenerationRecord) -> Result<(), StoreE
 /// settle of a batch) neither copies the model's name nor hashes it: a batch holds few
 /// distinct models per (account, day, key), found by comparing names in place.
 #[derive(Default)]
-pub(super) struct RollupDeltas(HashMap<(u64, u64, u64), Vec<(String, UsageRollup)>>);
+pub(super) struct RollupDeltas(crate::FastMap<(u64, u64, u64), Vec<(String, UsageRollup)>>);
 
 impl RollupDeltas {
     /// Adds (`sign` 1) or takes out (−1) one generation.
