@@ -9,13 +9,6 @@
 //! certificates by SNI with hot reload, and upstream trust), `alloc` (the process's allocator).
 
 pub mod alloc;
-
-/// The map behind the request path's lookups: keys by digest, accounts by id, models and
-/// providers by name, the store writer's rollups. std's SipHash cost 150-280 instructions per
-/// lookup, and a request makes about nine, ~1% of its CPU; foldhash costs a fraction of that.
-/// Seeded per process. These maps are filled from config, the store or the admin API, never
-/// with keys a client picks, and the request path only reads them.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub mod api;
 pub mod app;
 pub mod billing;
@@ -34,3 +27,10 @@ pub mod upgrade;
 pub mod tls;
 #[cfg(test)]
 mod testing;
+
+/// The map behind the request path's lookups: keys by digest, accounts by id, models and
+/// providers by name, the store writer's rollups. std's SipHash cost 150-280 instructions per
+/// lookup, and a request makes about nine, ~1% of its CPU; foldhash costs a fraction of that.
+/// Seeded per process. These maps are filled from config, the store or the admin API, never
+/// with keys a client picks, and the request path only reads them.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

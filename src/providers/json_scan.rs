@@ -233,7 +233,7 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     // Nearly every string written (ids, slugs, names, paths) needs no escape: checked in one
-    // branch-free pass (which the compiler vectorises) and copied whole.
+    // pass with no branch per byte, and copied whole.
     let plain = !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
     if plain {
         out.extend_from_slice(bytes);

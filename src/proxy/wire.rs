@@ -173,6 +173,13 @@ pub struct Answer {
     pub upstream_id: Option<String>,
 }
 
+impl Answer {
+    /// An answer whose body carries no completion id (embeddings, images, audio).
+    fn without_id(body: Vec<u8>, units: Option<Units>) -> Answer {
+        Answer { body, units, carries_id: false, upstream_id: None }
+    }
+}
+
 pub fn response(
     kind: ProviderKind,
     endpoint: Endpoint,
@@ -196,11 +203,11 @@ pub fn response(
         Endpoint::Embeddings if kind == ProviderKind::Gemini => {
             let out = gemini_embed::embed_response(body, slug).map_err(|e| bad(e.message))?;
             // Gemini reports no tokens for embeddings: estimated from the input by the caller.
-            Ok(Answer { body: out, units: None, carries_id: false, upstream_id: None })
+            Ok(Answer::without_id(out, None))
         }
         Endpoint::Embeddings => {
             let (out, usage) = openai::rewrite_chat_response(body, slug);
-            Ok(Answer { body: out, units: usage.map(Units::Tokens), carries_id: false, upstream_id: None })
+            Ok(Answer::without_id(out, usage.map(Units::Tokens)))
         }
         Endpoint::Images => {
             let count = json_scan::find_member(body, "data")
@@ -210,12 +217,12 @@ pub fn response(
                 .map(|d| d.len() as u64)
                 .ok_or_else(|| bad("no 'data' array".into()))?;
             let unit_price = model.image_price(&info.size).unwrap_or(0);
-            Ok(Answer { body: body.to_vec(), units: Some(Units::Images { count, unit_price }), carries_id: false, upstream_id: None })
+            Ok(Answer::without_id(body.to_vec(), Some(Units::Images { count, unit_price })))
         }
-        Endpoint::Speech => Ok(Answer { body: body.to_vec(), units: Some(Units::Chars(info.chars)), carries_id: false, upstream_id: None }),
+        Endpoint::Speech => Ok(Answer::without_id(body.to_vec(), Some(Units::Chars(info.chars)))),
         Endpoint::Transcriptions => {
             let units = transcription_units(body);
-            Ok(Answer { body: body.to_vec(), units, carries_id: false, upstream_id: None })
+            Ok(Answer::without_id(body.to_vec(), units))
         }
     }
 }

@@ -36,9 +36,7 @@ const HAS_NOTE: u8 = 1 << 2;
 const STREAMED: u8 = 1;
 const USAGE_ESTIMATED: u8 = 1 << 1;
 const HAS_ERROR: u8 = 1 << 2;
-/// Added after V1's first rows: the provider's id, written after `error`. A row without the
-/// bit reads as before (no id); a build older than the bit refuses a row with it (an unknown
-/// flag) rather than misreading it.
+/// The provider's id, written after `error`: a flag added after V1's first rows (module doc).
 const HAS_UPSTREAM_ID: u8 = 1 << 3;
 
 // AttemptRecord flags. The attempt that answered usually served the record's own model and
