@@ -214,7 +214,7 @@ impl Ledger {
         generation.total_cost_nano = cost;
         if cost == 0 {
             // Nothing owed: keep zero-amount rows out of the ledger.
-            self.writer.submit(WriteOp::RecordGeneration(generation));
+            self.writer.submit(WriteOp::settled(None, generation));
         } else {
             let charge = LedgerEntry {
                 seq: self.ids.next_ledger_seq(),
@@ -225,7 +225,7 @@ impl Ledger {
                 note: None,
                 at: now_millis(),
             };
-            self.writer.submit(WriteOp::Settle { charge, generation });
+            self.writer.submit(WriteOp::settled(Some(charge), generation));
         }
         balance
     }
@@ -237,7 +237,7 @@ impl Ledger {
 
     /// Records an unbilled (failed) request for `/generation`, without waiting.
     pub fn record_unbilled(&self, generation: GenerationRecord) {
-        self.writer.submit(WriteOp::RecordGeneration(generation));
+        self.writer.submit(WriteOp::settled(None, generation));
     }
 
     /// Adds credit (a negative amount is an admin correction). The ledger entry is committed

@@ -14,7 +14,8 @@
 //! checked, so a span it reports is always a real member of that object.
 //!
 //! Nothing here allocates, recurses, or panics: nesting is followed with a counter, and strings
-//! (where big payloads live) are skipped with `memchr`.
+//! (where big payloads live) are skipped with `memchr`, short ones and the structure between
+//! them 16 bytes at a time (`block`).
 
 use std::fmt;
 use std::ops::Range;
@@ -50,14 +51,21 @@ pub struct Member {
 impl Member {
     /// Whether the key, decoded, equals `name`. Keys are compared decoded because serde (which
     /// validates requests) treats `"mod\u0065l"` as `model`; the rewrite must agree with it.
+    #[inline]
     pub fn key_is(&self, src: &[u8], name: &str) -> bool {
+        if !self.key_escaped {
+            // No escape: the key decodes to the bytes between its quotes.
+            return self.key.len() == name.len() + 2
+                && src.get(self.key.start + 1..self.key.end - 1) == Some(name.as_bytes());
+        }
+        self.escaped_key_is(src, name)
+    }
+
+    #[inline(never)]
+    fn escaped_key_is(&self, src: &[u8], name: &str) -> bool {
         let Some(quoted) = src.get(self.key.clone()) else {
             return false;
         };
-        if !self.key_escaped {
-            // No escape: the key decodes to the bytes between its quotes.
-            return quoted.len() == name.len() + 2 && &quoted[1..quoted.len() - 1] == name.as_bytes();
-        }
         // An escaped key decodes to fewer bytes than it has, so one no longer than `name` cannot
         // be `name`.
         if quoted.len() <= name.len() + 2 {
@@ -234,7 +242,7 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // Nearly every string written (ids, slugs, names, paths) needs no escape: checked in one
     // pass with no branch per byte, and copied whole.
-    let plain = !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let plain = !block::any_escapable(bytes);
     if plain {
         out.extend_from_slice(bytes);
         out.push(b'"');
@@ -273,13 +281,38 @@ fn skip_ws(src: &[u8], mut i: usize) -> usize {
 }
 
 /// `src[start]` is `"`; returns the index just past the closing quote.
+#[inline(always)]
 fn skip_string(src: &[u8], start: usize) -> Result<usize, ScanError> {
     scan_string(src, start).map(|(end, _)| end)
 }
 
 /// [`skip_string`], and whether the string contains a backslash escape.
+#[inline(always)]
 fn scan_string(src: &[u8], start: usize) -> Result<(usize, bool), ScanError> {
+    // Most strings (keys, ids, roles, short values) end within a few 16-byte blocks and have
+    // no escape: looked for a block at a time, inline, with nothing to set up. The rest (an
+    // escape, a long prompt or image) take the out-of-line search.
     let mut i = start + 1;
+    for _ in 0..4 {
+        match block::mask(src, i, [b'"', b'\\']) {
+            Some(0) => i += block::LEN,
+            Some(mask) => {
+                let k = i + mask.trailing_zeros() as usize;
+                if src[k] == b'"' {
+                    return Ok((k + 1, false));
+                }
+                return scan_string_from(src, k);
+            }
+            None => break,
+        }
+    }
+    scan_string_from(src, i)
+}
+
+/// The end of a string from `i`, somewhere inside it, on (and whether it has an escape from
+/// there): memchr2's wide search, its setup cost paid once per call.
+#[inline(never)]
+fn scan_string_from(src: &[u8], mut i: usize) -> Result<(usize, bool), ScanError> {
     let mut escaped = false;
     while i <= src.len() {
         match memchr2(b'"', b'\\', &src[i..]) {
@@ -320,24 +353,127 @@ fn skip_value(src: &[u8], start: usize) -> Result<usize, ScanError> {
 fn skip_nested(src: &[u8], start: usize) -> Result<usize, ScanError> {
     let mut depth = 0usize;
     let mut i = start;
-    while let Some(&b) = src.get(i) {
-        match b {
+    loop {
+        // To the next byte that matters here: a quote or a bracket (16 bytes at a time, the
+        // numbers, commas, colons and whitespace in between skipped unseen).
+        match block::mask(src, i, [b'"', b'{', b'}', b'[', b']']) {
+            Some(0) => {
+                i += block::LEN;
+                continue;
+            }
+            Some(mask) => i += mask.trailing_zeros() as usize,
+            None => break,
+        }
+        match src[i] {
             b'"' => {
                 i = skip_string(src, i)?;
                 continue;
             }
             b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
+            _ => {
                 depth -= 1;
                 if depth == 0 {
                     return Ok(i + 1);
                 }
             }
-            _ => {}
         }
         i += 1;
     }
     Err(ScanError { offset: src.len(), expected: "closing bracket" })
+}
+
+/// Finding the first of a few bytes in a 16-byte block: one compare per byte looked for and
+/// a bit mask, where a loop would test each byte against each (scanning a response's
+/// `choices` byte by byte was most of the response rewrite's cost).
+mod block {
+    pub const LEN: usize = 16;
+
+    /// Bit `k` set where `src[at + k]` is one of `bytes`, for the 16 bytes from `at` (or
+    /// those left, when fewer remain); `None` when `at` is past the end. `bytes` never holds
+    /// a zero byte, the padding of a short last block.
+    #[inline(always)]
+    pub fn mask<const N: usize>(src: &[u8], at: usize, bytes: [u8; N]) -> Option<u32> {
+        match src.get(at..at.checked_add(LEN)?) {
+            Some(chunk) => Some(imp::mask(chunk.try_into().ok()?, bytes)),
+            None => {
+                let rest = src.get(at..).filter(|rest| !rest.is_empty())?;
+                let mut padded = [0u8; LEN];
+                padded[..rest.len()].copy_from_slice(rest);
+                Some(imp::mask(&padded, bytes))
+            }
+        }
+    }
+
+    /// Whether `bytes` holds a byte a JSON string must escape: a control character, `"` or
+    /// `\`.
+    #[inline]
+    pub fn any_escapable(bytes: &[u8]) -> bool {
+        let mut chunks = bytes.chunks_exact(LEN);
+        if chunks.by_ref().any(|chunk| chunk.try_into().map_or(true, imp::escapable)) {
+            return true;
+        }
+        // The last bytes (most strings written are shorter than a block) padded with a byte
+        // that needs no escape.
+        let rest = chunks.remainder();
+        let mut padded = [b'a'; LEN];
+        padded[..rest.len()].copy_from_slice(rest);
+        imp::escapable(&padded)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod imp {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            _mm_setzero_si128,
+        };
+
+        #[inline(always)]
+        pub fn mask<const N: usize>(chunk: &[u8; super::LEN], bytes: [u8; N]) -> u32 {
+            // SAFETY: SSE2 is part of the x86_64 baseline; the load reads exactly the 16
+            // bytes of `chunk`, unaligned loads being allowed.
+            unsafe {
+                let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+                let mut hits = _mm_setzero_si128();
+                for b in bytes {
+                    hits = _mm_or_si128(hits, _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)));
+                }
+                _mm_movemask_epi8(hits) as u32
+            }
+        }
+
+        #[inline(always)]
+        pub fn escapable(chunk: &[u8; super::LEN]) -> bool {
+            // SAFETY: as in `mask`.
+            unsafe {
+                let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+                // Unsigned `b <= 0x1f` is `max(b, 0x1f) == 0x1f` (SSE2 has no unsigned compare).
+                let low = _mm_set1_epi8(0x1f);
+                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(quote, backslash))) != 0
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    mod imp {
+        #[inline(always)]
+        pub fn mask<const N: usize>(chunk: &[u8; super::LEN], bytes: [u8; N]) -> u32 {
+            let mut m = 0;
+            for (k, c) in chunk.iter().enumerate() {
+                if bytes.contains(c) {
+                    m |= 1 << k;
+                }
+            }
+            m
+        }
+
+        #[inline(always)]
+        pub fn escapable(chunk: &[u8; super::LEN]) -> bool {
+            chunk.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        }
+    }
 }
 
 #[cfg(test)]
@@ -482,7 +618,21 @@ mod tests {
         assert_eq!(back, "a\"b\\c\nd\u{1}é/");
         // Strings with nothing to escape take the copy path; one escapable byte anywhere,
         // first or last, takes the escaping one.
-        for s in ["", "gen-1a2b-XyZ", "mock/echo-1 é 😀", "\"", "x\\", "\u{1f}y", "\u{7f}"] {
+        let long_plain = "abcdefghijklmnopqrstuvwxyz é 😀 0123456789 ~\u{7f}\u{80}ÿ";
+        let mut cases: Vec<String> = ["", "gen-1a2b-XyZ", "mock/echo-1 é 😀", "\"", "x\\", "\u{1f}y", "\u{7f}"]
+            .map(String::from)
+            .to_vec();
+        cases.push(long_plain.to_string());
+        // One escapable byte at every offset of a string spanning several 16-byte blocks.
+        for at in 0..=long_plain.len() {
+            if long_plain.is_char_boundary(at) {
+                for special in ["\"", "\\", "\n", "\u{0}", "\u{1f}"] {
+                    cases.push(format!("{}{special}{}", &long_plain[..at], &long_plain[at..]));
+                }
+            }
+        }
+        for s in &cases {
+            let s = s.as_str();
             let mut out = b"[".to_vec();
             write_json_string(&mut out, s);
             let back: String = serde_json::from_slice(&out[1..]).unwrap();
@@ -499,5 +649,70 @@ mod tests {
         let named: Vec<bool> = members.iter().map(|m| m.key_is(src, "model")).collect();
         assert_eq!(named, [true, false, false]);
         assert!(members[1].key_is(src, "models") && members[2].key_is(src, "mode"));
+    }
+
+    /// The scan one byte at a time, as it was before the block search: the reference.
+    fn skip_value_bytewise(src: &[u8], start: usize) -> Option<usize> {
+        fn string(src: &[u8], start: usize) -> Option<usize> {
+            let mut i = start + 1;
+            while i < src.len() {
+                match src[i] {
+                    b'"' => return Some(i + 1),
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        match src.get(start)? {
+            b'"' => string(src, start),
+            b'{' | b'[' => {
+                let (mut depth, mut i) = (0usize, start);
+                while i < src.len() {
+                    match src[i] {
+                        b'"' => {
+                            i = string(src, i)?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                None
+            }
+            _ => skip_value(src, start).ok(),
+        }
+    }
+
+    #[test]
+    fn block_search_ends_values_where_a_bytewise_scan_does() {
+        // Quotes, escapes and brackets at every offset of a 16-byte block and across block
+        // ends, strings shorter and longer than the inline search covers, and every
+        // truncation of each.
+        let long = "x".repeat(70);
+        let mut samples = vec![
+            r#"{"id":"chatcmpl-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi [there] {x}"}}],"usage":{"prompt_tokens":5}}"#.to_string(),
+            format!(r#"["{long}"{long}\",{{"a":"{long}"}}, "\\", "]"]"#),
+            r#"{"a":"\"}", "b":["\\\"", "[{"], "c":{"d":[[[]]]}}"#.to_string(),
+        ];
+        for pad in 0..20 {
+            let p = " ".repeat(pad);
+            samples.push(format!(r#"{{{p}"k{p}"q":{p}[1,{p}"s\"{p}]"{p},"z":{{}}{p}}}"#));
+            samples.push(format!(r#""{p}\\{p}"{p}""#));
+        }
+        for sample in &samples {
+            let src = sample.as_bytes();
+            for end in 0..=src.len() {
+                let cut = &src[..end];
+                assert_eq!(skip_value(cut, 0).ok(), skip_value_bytewise(cut, 0), "{:?}", String::from_utf8_lossy(cut));
+            }
+        }
     }
 }

@@ -21,8 +21,9 @@ pub struct Settled {
     pub estimated: bool,
 }
 
-/// `end`: when the request ended (the logging phase's clock read, shared with the access log).
-pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time::Instant) -> Settled {
+/// `end`: when the request ended, and `end_unix_ms` the same moment in Unix milliseconds (the
+/// logging phase's clock reads, shared with the access log).
+pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time::Instant, end_unix_ms: u64) -> Settled {
     let Some(inf) = ctx.inference.as_mut() else { return Settled::default() };
     let reservation = inf.reservation.take();
     let spend_hold = inf.spend_hold.take();
@@ -71,7 +72,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time
         status: ctx.status,
         streamed: inf.info.stream,
         usage_estimated: false,
-        created_at: crate::store::now_secs(),
+        created_at: end_unix_ms / 1000,
         attempts: 1,
         error: None,
         attempt_log: Vec::new(),
@@ -114,7 +115,7 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time
             handles.tokens_out.inc_by(usage.completion_tokens);
             handles.cost.inc_by(cost.max(0) as u64);
             app.ledger.settle(reservation, cost, record);
-            let now = crate::store::now_secs();
+            let now = end_unix_ms / 1000;
             for hold in [spend_hold, account_hold].into_iter().flatten() {
                 app.caps.settle(hold, cost, now);
             }

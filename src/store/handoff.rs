@@ -83,6 +83,10 @@ fn journal_ops(op: &WriteOp, out: &mut Vec<JournalOp>) -> Option<()> {
             out.push(JournalOp::Settle { charge: charge.clone(), generation: generation.clone() })
         }
         WriteOp::RecordGeneration(g) => out.push(JournalOp::Generation(g.clone())),
+        WriteOp::Settled(rows) => match rows.decode().ok()? {
+            (Some(charge), generation) => out.push(JournalOp::Settle { charge, generation }),
+            (None, generation) => out.push(JournalOp::Generation(generation)),
+        },
         WriteOp::TouchKeys(keys) => out.push(JournalOp::Touch(keys.clone())),
         WriteOp::Atomic(ops) => {
             for op in ops {
@@ -348,6 +352,11 @@ mod tests {
                 generation: generation("gen-after", "body-after", 1, 300),
             })
             .expect("journaled");
+        // As a request submits it: encoded rows, journaled as the records again.
+        let (charge, encoded) = (entry(4, 1, -50, LedgerKind::Charge, Some("gen-encoded")), generation("gen-encoded", "", 1, 50));
+        writer
+            .submit_durable_blocking(WriteOp::settled(Some(charge.clone()), encoded.clone()))
+            .expect("journaled");
         let refused = writer.submit_durable_blocking(WriteOp::Grant(entry(3, 1, 5, LedgerKind::Grant, None)));
         assert_eq!(refused, Err(CLOSED.to_string()));
         writer.submit(WriteOp::TouchKeys(vec![(7, 70)]));
@@ -357,8 +366,9 @@ mod tests {
         assert!(tail.ended);
         let ops: Vec<&JournalOp> = lines.iter().flat_map(|l| &l.ops).collect();
         assert!(matches!(ops[0], JournalOp::Settle { generation, .. } if generation.id == "gen-after"));
-        assert_eq!(ops[1], &JournalOp::Touch(vec![(7, 70)]));
-        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[1], &JournalOp::Settle { charge, generation: encoded });
+        assert_eq!(ops[2], &JournalOp::Touch(vec![(7, 70)]));
+        assert_eq!(ops.len(), 3);
         assert_eq!(lines[0].holds, Some(vec![(1, 200)]));
         assert_eq!(lines.last().unwrap().holds, Some(vec![]));
         assert!(!other.has_generation("gen-after").unwrap(), "journaled, not in the store");

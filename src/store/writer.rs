@@ -55,6 +55,9 @@ pub enum WriteOp {
     },
     /// An unbilled (failed) request.
     RecordGeneration(GenerationRecord),
+    /// [`Settle`](WriteOp::Settle) or [`RecordGeneration`](WriteOp::RecordGeneration) with
+    /// the rows already encoded: what a request submits (see [`WriteOp::settled`]).
+    Settled(SettledRows),
     /// Last-used times of keys, `(key id, unix secs)`: the lazy flush of `KeyEntry::touch`.
     TouchKeys(Vec<(u64, u64)>),
     /// One audit-log entry.
@@ -90,6 +93,12 @@ impl WriteOp {
             WriteOp::RecordGeneration(g) => {
                 format!("RecordGeneration({}, account {})", g.id, g.account_id)
             }
+            WriteOp::Settled(rows) => format!(
+                "Settled(seq {:?}, account {}, generation {})",
+                rows.ledger_row().map(|_| rows.charge_seq),
+                rows.account_id,
+                rows.id().unwrap_or("?")
+            ),
             WriteOp::TouchKeys(keys) => format!("TouchKeys({} keys)", keys.len()),
             WriteOp::Audit(a) => format!("Audit(seq {}, {} by {})", a.seq, a.action, a.actor),
             WriteOp::PutByok(b) => format!("PutByok(account {}, {})", b.account_id, b.provider),
@@ -102,6 +111,124 @@ impl WriteOp {
             }
         }
     }
+}
+
+impl WriteOp {
+    /// A request's settlement: its charge (None: nothing owed) and its generation record,
+    /// encoded here, on the request's thread (see [`SettledRows`]). Should encoding fail
+    /// (it does not for these rows), the records go as they are.
+    pub fn settled(charge: Option<LedgerEntry>, generation: GenerationRecord) -> WriteOp {
+        match SettledRows::encode(charge.as_ref(), &generation) {
+            Ok(rows) => WriteOp::Settled(rows),
+            Err(_) => match charge {
+                Some(charge) => WriteOp::Settle { charge, generation },
+                None => WriteOp::RecordGeneration(generation),
+            },
+        }
+    }
+}
+
+/// A settled request's rows as they will be stored, and what the writer needs besides to
+/// index and roll them up.
+///
+/// Why encoded on the request's thread: a generation record and its charge are a dozen
+/// strings allocated by a worker thread. Freed by the writer thread, each went back to the
+/// worker's arena through jemalloc's cross-thread path (the writer's cache flushes whole
+/// batches into the owning arena's bins under their locks: the writer's largest single cost
+/// after redb), and the worker's next allocations refilled from the arena instead of its own
+/// cache. Encoded and dropped where they were made, the strings are recycled locally and the
+/// writer frees one buffer.
+#[derive(Clone, Debug)]
+pub struct SettledRows {
+    /// The ledger row (empty: nothing charged), the generation row, then the generation id,
+    /// its model and, when it needs the body-id index, its body id, back to back.
+    bytes: Vec<u8>,
+    ledger_end: usize,
+    generation_end: usize,
+    id_end: usize,
+    model_end: usize,
+    charge_seq: u64,
+    account_id: u64,
+    key_id: u64,
+    created_at: u64,
+    /// This record's contribution to its usage rollup.
+    rollup: UsageRollup,
+}
+
+impl SettledRows {
+    fn encode(charge: Option<&LedgerEntry>, g: &GenerationRecord) -> Result<SettledRows, StoreError> {
+        let mut bytes = Vec::with_capacity(320);
+        if let Some(charge) = charge {
+            encode_append(charge, &mut bytes)?;
+        }
+        let ledger_end = bytes.len();
+        encode_append(g, &mut bytes)?;
+        let generation_end = bytes.len();
+        bytes.extend_from_slice(g.id.as_bytes());
+        let id_end = bytes.len();
+        bytes.extend_from_slice(g.model.as_bytes());
+        let model_end = bytes.len();
+        if needs_body_index(g) {
+            bytes.extend_from_slice(g.body_id.as_bytes());
+        }
+        Ok(SettledRows {
+            bytes,
+            ledger_end,
+            generation_end,
+            id_end,
+            model_end,
+            charge_seq: charge.map_or(0, |c| c.seq),
+            account_id: g.account_id,
+            key_id: g.key_id,
+            created_at: g.created_at,
+            rollup: UsageRollup::of(g, 1),
+        })
+    }
+
+    fn ledger_row(&self) -> Option<&[u8]> {
+        Some(&self.bytes[..self.ledger_end]).filter(|row| !row.is_empty())
+    }
+
+    fn generation_row(&self) -> &[u8] {
+        &self.bytes[self.ledger_end..self.generation_end]
+    }
+
+    fn text(&self, range: std::ops::Range<usize>) -> Result<&str, StoreError> {
+        std::str::from_utf8(&self.bytes[range]).map_err(|e| StoreError(format!("settled rows: {e}")))
+    }
+
+    fn id(&self) -> Result<&str, StoreError> {
+        self.text(self.generation_end..self.id_end)
+    }
+
+    fn model(&self) -> Result<&str, StoreError> {
+        self.text(self.id_end..self.model_end)
+    }
+
+    /// The body id to index, if it needs indexing.
+    fn body_id(&self) -> Result<Option<&str>, StoreError> {
+        let body = self.text(self.model_end..self.bytes.len())?;
+        Ok(Some(body).filter(|b| !b.is_empty()))
+    }
+
+    /// The records again (the handoff journal, which stores them as JSON).
+    pub(super) fn decode(&self) -> Result<(Option<LedgerEntry>, GenerationRecord), StoreError> {
+        let charge = self.ledger_row().map(|row| decode(row, "ledger entry")).transpose()?;
+        Ok((charge, decode(self.generation_row(), "generation")?))
+    }
+}
+
+/// [`encode_into`] without clearing `out` first.
+fn encode_append<T: Row>(value: &T, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    value.write_row(out).map_err(|e| StoreError(format!("encode: {e}")))
+}
+
+/// Whether a generation's body id leads back to it only through the body-id index: the
+/// gateway's own body ids contain the generation id (`client_response_id`); only another id
+/// (a provider's, in records from before) needs one. With a provider's random ids, this index
+/// was most of the writer's work per request.
+fn needs_body_index(g: &GenerationRecord) -> bool {
+    !g.body_id.is_empty() && super::generation_id_in(&g.body_id) != Some(g.id.as_str())
 }
 
 /// Called on the writer thread once the op's transaction committed (Ok) or failed (Err).
@@ -554,6 +681,15 @@ fn apply_one(t: &mut Tables<'_>, op: &WriteOp) -> Result<(), StoreError> {
             put_generation(t, generation)?;
         }
         WriteOp::RecordGeneration(generation) => put_generation(t, generation)?,
+        WriteOp::Settled(rows) => {
+            if let Some(row) = rows.ledger_row() {
+                t.ledger.insert(rows.charge_seq, row)?;
+                t.next_seq = t.next_seq.max(rows.charge_seq + 1);
+            }
+            let day = crate::limits::calendar::day_index(rows.created_at);
+            let body_id = rows.body_id()?;
+            put_generation_row(t, rows.id()?, rows.generation_row(), (rows.account_id, day, rows.key_id), rows.model()?, rows.rollup, body_id)?;
+        }
         WriteOp::TouchKeys(keys) => {
             for &(id, at) in keys {
                 // Never move a time back (two flushes racing through the queue).
@@ -592,17 +728,33 @@ fn row<'b, T: Row>(buf: &'b mut Vec<u8>, value: &T) -> Result<&'b [u8], StoreErr
 /// written again under the same id (never done today) replaces its old contribution, so the
 /// rollups always equal the sum of the stored records.
 fn put_generation(t: &mut Tables<'_>, g: &GenerationRecord) -> Result<(), StoreError> {
-    let old = t.generations.insert(g.id.as_str(), row(&mut t.buf, g)?)?;
-    if let Some(old) = old {
+    let mut row = std::mem::take(&mut t.buf);
+    encode_into(g, &mut row)?;
+    let day = crate::limits::calendar::day_index(g.created_at);
+    let body_id = Some(g.body_id.as_str()).filter(|_| needs_body_index(g));
+    let result = put_generation_row(t, &g.id, &row, (g.account_id, day, g.key_id), &g.model, UsageRollup::of(g, 1), body_id);
+    t.buf = row;
+    result
+}
+
+/// [`put_generation`] of an encoded record: `rollup_key` is (account, UTC day, key), `rollup`
+/// its contribution, `body_id` what the body-id index needs (see [`needs_body_index`]).
+fn put_generation_row(
+    t: &mut Tables<'_>,
+    id: &str,
+    row: &[u8],
+    rollup_key: (u64, u64, u64),
+    model: &str,
+    rollup: UsageRollup,
+    body_id: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some(old) = t.generations.insert(id, row)? {
         let old: GenerationRecord = decode(old.value(), "generation")?;
         t.rollups.add(&old, -1);
     }
-    t.rollups.add(g, 1);
-    // The gateway's own body ids lead back to the generation without an index
-    // (`client_response_id`); only another id (a provider's, in records from before) needs one.
-    // With a provider's random ids, this index was most of the writer's work per request.
-    if !g.body_id.is_empty() && super::generation_id_in(&g.body_id) != Some(g.id.as_str()) {
-        t.by_body.insert(g.body_id.as_str(), g.id.as_str())?;
+    t.rollups.add_parts(rollup_key, model, rollup);
+    if let Some(body_id) = body_id {
+        t.by_body.insert(body_id, id)?;
     }
     Ok(())
 }
@@ -619,11 +771,15 @@ impl RollupDeltas {
     /// Adds (`sign` 1) or takes out (−1) one generation.
     pub(super) fn add(&mut self, g: &GenerationRecord, sign: i64) {
         let day = crate::limits::calendar::day_index(g.created_at);
-        let models = self.0.entry((g.account_id, day, g.key_id)).or_default();
-        let delta = UsageRollup::of(g, sign);
-        match models.iter_mut().find(|(model, _)| *model == g.model) {
+        self.add_parts((g.account_id, day, g.key_id), &g.model, UsageRollup::of(g, sign));
+    }
+
+    /// Adds `delta` to the row of (account, day, key) and `model`.
+    pub(super) fn add_parts(&mut self, key: (u64, u64, u64), model: &str, delta: UsageRollup) {
+        let models = self.0.entry(key).or_default();
+        match models.iter_mut().find(|(m, _)| m == model) {
             Some((_, row)) => row.add(&delta),
-            None => models.push((g.model.clone(), delta)),
+            None => models.push((model.to_string(), delta)),
         }
     }
 
@@ -641,5 +797,118 @@ impl RollupDeltas {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::{AttemptRecord, LedgerKind};
+    use crate::store::tests::{account, entry, generation};
+    use crate::store::{test_dir, Store};
+
+    /// The charges and records one store gets as records and the other as encoded rows.
+    fn settlements() -> Vec<(Option<LedgerEntry>, GenerationRecord)> {
+        let billed = generation("gen-1-aaaaaaaaaaaa", "chatcmpl-gen-1-aaaaaaaaaaaa", 1, 700);
+        let mut failed = generation("gen-2-bbbbbbbbbbbb", "", 1, 0);
+        failed.status = 502;
+        failed.error = Some("provider answered 500".into());
+        failed.attempt_log = vec![AttemptRecord {
+            model: "gpt-test".into(),
+            provider: "mock".into(),
+            upstream_model: "gpt-upstream".into(),
+            status: 500,
+            latency_ms: 3,
+            error: Some("provider answered 500".into()),
+        }];
+        // A provider's body id: found through the body-id index.
+        let mut provider_id = generation("gen-3-cccccccccccc", "chatcmpl-provider-xyz", 1, 300);
+        provider_id.model = "other-model".into();
+        provider_id.upstream_id = "chatcmpl-provider-xyz".into();
+        // Written again under an existing id: replaces the first one's rollup contribution.
+        let again = generation("gen-1-aaaaaaaaaaaa", "chatcmpl-gen-1-aaaaaaaaaaaa", 1, 900);
+        let charge = |seq, g: &GenerationRecord| Some(entry(seq, 1, -g.total_cost_nano, LedgerKind::Charge, Some(&g.id)));
+        vec![
+            (charge(1, &billed), billed),
+            (None, failed),
+            (charge(2, &provider_id), provider_id),
+            (charge(3, &again), again),
+        ]
+    }
+
+    /// What a store holds: the export (ledger, generations, balances) and the rollups.
+    fn contents(store: &Store) -> (Vec<String>, Vec<(u64, u64, String, UsageRollup)>) {
+        let mut out = Vec::new();
+        store.export_jsonl(None, &mut out).unwrap();
+        // The summary line carries the export's own time.
+        let lines = String::from_utf8(out).unwrap().lines().filter(|l| !l.contains(r#""type":"summary""#)).map(String::from).collect();
+        (lines, store.usage_rollups(1, 0, u64::MAX / 2).unwrap())
+    }
+
+    #[test]
+    fn encoded_settlements_store_what_records_do() {
+        let (as_records, as_rows) = (test_dir("writer-records"), test_dir("writer-rows"));
+        let stores = [Store::open(&as_records).unwrap(), Store::open(&as_rows).unwrap()];
+        // One set (their times included) for both stores.
+        let (settled, holder) = (settlements(), account(1));
+        for (i, store) in stores.iter().enumerate() {
+            let writer = store.start_writer();
+            writer.submit_durable_blocking(WriteOp::InsertAccount(holder.clone())).unwrap();
+            for (charge, generation) in settled.clone() {
+                let op = match (i, charge) {
+                    (0, Some(charge)) => WriteOp::Settle { charge, generation },
+                    (0, None) => WriteOp::RecordGeneration(generation),
+                    (_, charge) => {
+                        let op = WriteOp::settled(charge, generation);
+                        assert!(matches!(op, WriteOp::Settled(_)), "{}", op.describe());
+                        op
+                    }
+                };
+                writer.submit(op);
+            }
+            writer.shutdown();
+        }
+        let [records, rows] = [contents(&stores[0]), contents(&stores[1])];
+        assert_eq!(records, rows);
+        let (lines, rollups) = rows;
+        assert_eq!(lines.iter().filter(|l| l.contains(r#""type":"generation""#)).count(), 3, "{lines:#?}");
+        assert_eq!(lines.iter().filter(|l| l.contains(r#""type":"ledger""#)).count(), 3, "{lines:#?}");
+        // gen-1 counted once (900, not 700 + 900), gen-2 as a failure, gen-3 under its model.
+        let sums: Vec<(String, i64, i64, i64)> = rollups.into_iter().map(|(_, _, m, r)| (m, r.requests, r.failed, r.cost_nano)).collect();
+        assert_eq!(sums, [("gpt-test".to_string(), 2, 1, 900), ("other-model".to_string(), 1, 0, 300)]);
+        drop(stores);
+        for dir in [as_records, as_rows] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn encoded_settlements_find_their_generation_by_body_id() {
+        let dir = test_dir("writer-rows-body");
+        let store = Store::open(&dir).unwrap();
+        let writer = store.start_writer();
+        for (charge, generation) in settlements() {
+            writer.submit(WriteOp::settled(charge, generation));
+        }
+        writer.shutdown();
+        for (lookup, id) in [
+            ("chatcmpl-provider-xyz", "gen-3-cccccccccccc"),
+            ("chatcmpl-gen-1-aaaaaaaaaaaa", "gen-1-aaaaaaaaaaaa"),
+            ("gen-2-bbbbbbbbbbbb", "gen-2-bbbbbbbbbbbb"),
+        ] {
+            let found = store.get_generation(lookup).unwrap().unwrap_or_else(|| panic!("{lookup} not found"));
+            assert_eq!(found.id, id);
+        }
+        assert_eq!(store.get_generation("gen-2-bbbbbbbbbbbb").unwrap().unwrap().attempt_log.len(), 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn encoded_settlements_decode_to_their_records_for_the_journal() {
+        for (charge, generation) in settlements() {
+            let WriteOp::Settled(rows) = WriteOp::settled(charge.clone(), generation.clone()) else { panic!("not encoded") };
+            assert_eq!(rows.decode().unwrap(), (charge, generation));
+        }
     }
 }

@@ -195,9 +195,14 @@ fn access_log_has_one_json_line_per_request_without_secrets() {
     let out = gw.stdout();
     let lines: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let chat = lines.iter().find(|l| l["path"] == "/v1/chat/completions").expect("a chat line");
-    for field in ["method", "status", "model", "provider", "key_id", "latency_ms", "tokens_prompt", "tokens_completion", "cost_usd"] {
+    for field in [
+        "ts", "request_id", "generation_id", "method", "status", "route", "model", "provider", "key_id", "latency_ms",
+        "overhead_us", "stream", "tokens_prompt", "tokens_completion", "usage_estimated", "cost_usd", "error",
+    ] {
         assert!(chat.get(field).is_some(), "missing {field}: {chat}");
     }
+    assert_eq!((chat["status"].as_u64(), chat["stream"].as_bool(), chat["error"].is_null()), (Some(200), Some(false), true));
+    assert!(chat["generation_id"].as_str().is_some_and(|g| g.starts_with("gen-")), "{chat}");
     assert!(!out.contains(&key) && !out.contains("Hello there") && !out.contains(PROVIDER_KEY));
 }
 
