@@ -37,16 +37,31 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
             .map_err(|e| ApiError::invalid_request(format!("cannot answer 100-continue: {e}")))?;
     }
 
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    // A small body nearly always comes as one chunk (Pingora's own copy of it): kept as it
+    // is, and only a second chunk starts a buffer.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
     loop {
         match session.downstream_session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if buf.len() as u64 + chunk.len() as u64 > limit {
-                    drop(buf);
+                let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                if held as u64 + chunk.len() as u64 > limit {
+                    drop((first, buf));
                     discard_rest(session).await;
                     return Err(ApiError::too_large(limit));
                 }
-                buf.extend_from_slice(&chunk);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(chunk),
+                    earlier => {
+                        if buf.is_empty() {
+                            buf.reserve(declared.unwrap_or(0).min(limit) as usize);
+                        }
+                        if let Some(earlier) = earlier {
+                            buf.extend_from_slice(&earlier);
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
             }
             Ok(None) => break,
             Err(e) => {
@@ -54,7 +69,7 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
             }
         }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Read and drop what is left of a refused body, for a bounded time.
