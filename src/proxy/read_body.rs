@@ -50,18 +50,15 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiEr
                     discard_rest(session).await;
                     return Err(ApiError::too_large(limit));
                 }
-                match first.take() {
-                    None if buf.is_empty() => first = Some(chunk),
-                    earlier => {
-                        if buf.is_empty() {
-                            buf.reserve(declared.unwrap_or(0).min(limit) as usize);
-                        }
-                        if let Some(earlier) = earlier {
-                            buf.extend_from_slice(&earlier);
-                        }
-                        buf.extend_from_slice(&chunk);
-                    }
+                if first.is_none() && buf.is_empty() {
+                    first = Some(chunk);
+                    continue;
                 }
+                if let Some(earlier) = first.take() {
+                    buf.reserve(declared.unwrap_or(0).min(limit) as usize);
+                    buf.extend_from_slice(&earlier);
+                }
+                buf.extend_from_slice(&chunk);
             }
             Ok(None) => break,
             Err(e) => {

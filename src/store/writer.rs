@@ -111,9 +111,7 @@ impl WriteOp {
             }
         }
     }
-}
 
-impl WriteOp {
     /// A request's settlement: its charge (None: nothing owed) and its generation record,
     /// encoded here, on the request's thread (see [`SettledRows`]). Should encoding fail
     /// (it does not for these rows), the records go as they are.
