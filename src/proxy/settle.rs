@@ -85,9 +85,9 @@ pub fn finish(app: &App, ctx: &mut RequestCtx, e: Option<&Error>, end: std::time
     if let (Some(start), Some(header)) = (ctx.upstream_start, ctx.upstream_header) {
         let end = ctx.upstream_end.unwrap_or_else(std::time::Instant::now);
         let handles = model.metrics.get(model);
-        handles.upstream_latency.observe(end.duration_since(start).as_secs_f64());
+        handles.upstream_latency.observe(end.duration_since(start));
         let first = ctx.first_body_byte.unwrap_or(header);
-        handles.ttft.observe(first.duration_since(start).as_secs_f64());
+        handles.ttft.observe(first.duration_since(start));
     }
 
     match (upstream_ok, ctx.units, reservation) {

@@ -38,9 +38,9 @@ pub fn routes(config: &Config) -> Reply {
                         "ejected_for_ms": ejected_for.map(|d| d.as_millis() as u64),
                         "next_ejection_ms": cooldown.max(params.ejection).as_millis() as u64,
                         "outstanding": h.outstanding(),
-                        "attempts": h.attempts.load(Ordering::Relaxed),
-                        "successes": h.successes.load(Ordering::Relaxed),
-                        "failures": h.failures.load(Ordering::Relaxed),
+                        "attempts": h.attempts.get(),
+                        "successes": h.successes.get(),
+                        "failures": h.failures.get(),
                         "ejections": h.ejections.load(Ordering::Relaxed),
                         "latency_ms": h.latency().map(|d| d.as_secs_f64() * 1000.0),
                         "timeouts": {

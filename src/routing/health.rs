@@ -14,7 +14,8 @@
 //!   twice as long. A probe abandoned without an outcome (client gone) frees the slot.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::metrics::sharded::{Counter, Ewma, Gauge};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,17 +80,22 @@ pub const STATES: [&str; 3] = ["healthy", "ejected", "half_open"];
 pub struct RouteHealth {
     pub key: RouteKey,
     state: Mutex<State>,
+    /// `state.mode == Healthy`, readable without the lock: nearly every request finds its
+    /// route healthy and leaves it so, and then touches no line the other workers write.
+    healthy: AtomicBool,
+    // Counted on every request by whichever worker runs it: per-thread cells (see
+    // `metrics::sharded`), so that the workers do not pass these lines back and forth.
     /// Attempts on this route not finished yet (for least-outstanding balancing).
-    outstanding: AtomicU64,
-    pub attempts: AtomicU64,
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
+    outstanding: Gauge,
+    pub attempts: Counter,
+    pub successes: Counter,
+    pub failures: Counter,
     pub ejections: AtomicU64,
-    /// Exponentially weighted time to the response header, microseconds (0 = never measured).
-    latency_us: AtomicU64,
+    /// Exponentially weighted time to the response header.
+    latency: Ewma,
     /// `tollgate_route_attempts_total{result="success"}` of this route, looked up once (it is
     /// counted on every request).
-    success_metric: std::sync::OnceLock<prometheus::IntCounter>,
+    success_metric: std::sync::OnceLock<std::sync::Arc<crate::metrics::sharded::Counter>>,
 }
 
 impl RouteHealth {
@@ -97,12 +103,13 @@ impl RouteHealth {
         RouteHealth {
             key,
             state: Mutex::new(State { mode: Mode::Healthy, failures: VecDeque::new(), cooldown: Duration::ZERO }),
-            outstanding: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
-            successes: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            outstanding: Gauge::default(),
+            attempts: Counter::default(),
+            successes: Counter::default(),
+            failures: Counter::default(),
             ejections: AtomicU64::new(0),
-            latency_us: AtomicU64::new(0),
+            latency: Ewma::default(),
             success_metric: std::sync::OnceLock::new(),
         }
     }
@@ -131,6 +138,9 @@ impl RouteHealth {
     }
 
     pub fn availability(&self, now: Instant) -> Availability {
+        if self.healthy.load(Ordering::Acquire) {
+            return Availability::Healthy;
+        }
         let mut s = self.lock();
         match Self::settle_mode(&mut s, now) {
             Mode::Healthy => Availability::Healthy,
@@ -163,17 +173,18 @@ impl RouteHealth {
 
     /// The route answered (any status but 5xx/429). Any success closes the circuit.
     pub fn record_success(&self, header_latency: Option<Duration>) {
-        self.successes.fetch_add(1, Ordering::Relaxed);
+        self.successes.inc();
         if let Some(l) = header_latency {
-            let sample = l.as_micros().min(u64::MAX as u128) as u64;
-            let old = self.latency_us.load(Ordering::Relaxed);
-            let new = if old == 0 { sample.max(1) } else { (old * 4 + sample) / 5 };
-            self.latency_us.store(new.max(1), Ordering::Relaxed);
+            self.latency.record(l);
+        }
+        if self.healthy.load(Ordering::Acquire) {
+            return;
         }
         let mut s = self.lock();
         let changed = s.mode != Mode::Healthy;
         if changed {
             s.mode = Mode::Healthy;
+            self.healthy.store(true, Ordering::Release);
             s.failures.clear();
             s.cooldown = Duration::ZERO;
         }
@@ -186,7 +197,7 @@ impl RouteHealth {
     /// The route failed (connect error, 5xx, 429, timeout). Returns true when this failure
     /// ejected it.
     pub fn record_failure(&self, p: &HealthParams, now: Instant) -> bool {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failures.inc();
         let mut s = self.lock();
         let eject = match Self::settle_mode(&mut s, now) {
             Mode::Healthy => {
@@ -211,6 +222,7 @@ impl RouteHealth {
         };
         if eject {
             s.mode = Mode::Ejected { until: now + s.cooldown };
+            self.healthy.store(false, Ordering::Release);
             s.failures.clear();
             drop(s);
             self.ejections.fetch_add(1, Ordering::Relaxed);
@@ -249,21 +261,18 @@ impl RouteHealth {
     }
 
     pub fn outstanding(&self) -> u64 {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding.get().max(0) as u64
     }
 
     /// Mean time to the response header, if ever measured.
     pub fn latency(&self) -> Option<Duration> {
-        match self.latency_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+        self.latency.get()
     }
 
     /// Count an attempt in flight until the guard drops.
     pub fn begin(self: &Arc<Self>, probe: bool) -> AttemptGuard {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.attempts.inc();
+        self.outstanding.inc();
         AttemptGuard { health: self.clone(), probe, resolved: false }
     }
 }
@@ -299,7 +308,7 @@ impl AttemptGuard {
 
 impl Drop for AttemptGuard {
     fn drop(&mut self) {
-        self.health.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.health.outstanding.dec();
         if self.probe && !self.resolved {
             self.health.release_probe();
         }

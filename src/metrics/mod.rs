@@ -8,61 +8,58 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    Encoder, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
 };
-use prometheus::{Histogram, IntCounter};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
+
+pub mod sharded;
+use sharded::{Counter, CounterFamily, Histogram, HistogramFamily};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static REQUESTS: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
         "tollgate_requests_total",
         "Requests answered, by route kind, model, provider and status",
-        &["route", "model", "provider", "status"]
+        &["route", "model", "provider", "status"],
     )
-    .expect("metric registers once")
 });
 
-pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static TOKENS: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
         "tollgate_tokens_total",
         "Tokens metered, by model, provider and direction (input|output)",
-        &["model", "provider", "direction"]
+        &["model", "provider", "direction"],
     )
-    .expect("metric registers once")
 });
 
-pub static COST: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static COST: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
         "tollgate_cost_nano_usd_total",
         "Charged cost in nano-USD, by model and provider",
-        &["model", "provider"]
+        &["model", "provider"],
     )
-    .expect("metric registers once")
 });
 
-pub static UPSTREAM_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+pub static UPSTREAM_LATENCY: LazyLock<&'static HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::register(
         "tollgate_upstream_latency_seconds",
         "Time from sending the request upstream to the end of the upstream response",
         &["model", "provider"],
-        LATENCY_BUCKETS.to_vec()
+        LATENCY_BUCKETS,
     )
-    .expect("metric registers once")
 });
 
-pub static TTFT: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+pub static TTFT: LazyLock<&'static HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::register(
         "tollgate_time_to_first_token_seconds",
         "Time from sending the request upstream to the first response body byte",
         &["model", "provider"],
-        LATENCY_BUCKETS.to_vec()
+        LATENCY_BUCKETS,
     )
-    .expect("metric registers once")
 });
 
 pub static ACTIVE_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -107,13 +104,12 @@ pub static ROUTE_EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static ROUTE_ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static ROUTE_ATTEMPTS: LazyLock<&'static CounterFamily> = LazyLock::new(|| {
+    CounterFamily::register(
         "tollgate_route_attempts_total",
         "Upstream attempts per route, by result (success|failure|client_error)",
-        &["provider", "upstream_model", "result"]
+        &["provider", "upstream_model", "result"],
     )
-    .expect("metric registers once")
 });
 
 pub static FAILOVERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -143,14 +139,14 @@ pub static TLS_CERT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub struct RouteMetrics(OnceLock<RouteHandles>);
 
 pub struct RouteHandles {
-    pub tokens_in: IntCounter,
-    pub tokens_out: IntCounter,
-    pub cost: IntCounter,
-    pub upstream_latency: Histogram,
-    pub ttft: Histogram,
+    pub tokens_in: Arc<Counter>,
+    pub tokens_out: Arc<Counter>,
+    pub cost: Arc<Counter>,
+    pub upstream_latency: Arc<Histogram>,
+    pub ttft: Arc<Histogram>,
     /// `tollgate_requests_total` with status 200, for the first route kind counted (a model
     /// is nearly always reached through one endpoint).
-    ok_requests: OnceLock<(&'static str, IntCounter)>,
+    ok_requests: OnceLock<(&'static str, Arc<Counter>)>,
 }
 
 impl RouteMetrics {
