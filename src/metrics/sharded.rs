@@ -199,18 +199,39 @@ impl Histogram {
     }
 }
 
-/// The children of a family, by their label values (in the family's label order).
-type Children<T> = Mutex<crate::FastMap<Box<[String]>, Arc<T>>>;
+/// The children of a family, by their label values (in the family's label order). Keyed by
+/// the values' hash so that a lookup hashes the caller's `&[&str]` without building a key;
+/// the rare collision shares a bucket.
+struct Children<T>(Mutex<crate::FastMap<u64, Vec<(Box<[String]>, Arc<T>)>>>);
 
-/// Looks up (or creates) the child of `values`. Takes a lock and hashes the labels: callers on
-/// the request path keep the `Arc` it returns.
-fn child<T>(children: &Children<T>, values: &[&str], make: impl FnOnce() -> T) -> Arc<T> {
-    let mut map = children.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = map.iter().find(|(k, _)| k.iter().map(String::as_str).eq(values.iter().copied())) {
-        return c.1.clone();
+impl<T> Default for Children<T> {
+    fn default() -> Self {
+        Children(Mutex::default())
     }
-    let key: Box<[String]> = values.iter().map(|v| v.to_string()).collect();
-    map.entry(key).or_insert_with(|| Arc::new(make())).clone()
+}
+
+impl<T> Children<T> {
+    /// The child of `values`, made by `make` the first time. Takes a lock and hashes the
+    /// labels: callers on the request path keep the `Arc` it returns.
+    fn get(&self, values: &[&str], make: impl FnOnce() -> T) -> Arc<T> {
+        use std::hash::BuildHasher;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let hash = map.hasher().hash_one(values);
+        let bucket = map.entry(hash).or_default();
+        let same = |k: &[String]| k.iter().map(String::as_str).eq(values.iter().copied());
+        if let Some((_, c)) = bucket.iter().find(|(k, _)| same(k)) {
+            return c.clone();
+        }
+        let child = Arc::new(make());
+        bucket.push((values.iter().map(|v| v.to_string()).collect(), child.clone()));
+        child
+    }
+
+    /// `f` of every child, with its label values.
+    fn map<R>(&self, mut f: impl FnMut(&[String], &T) -> R) -> Vec<R> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().flatten().map(|(values, c)| f(values, c)).collect()
+    }
 }
 
 fn label_pairs(names: &[&str], values: &[String]) -> Vec<proto::LabelPair> {
@@ -248,28 +269,24 @@ impl CounterFamily {
     pub fn register(name: &str, help: &str, labels: &'static [&'static str]) -> &'static CounterFamily {
         let desc = Desc::new(name.into(), help.into(), labels.iter().map(|l| l.to_string()).collect(), Default::default())
             .expect("valid metric description");
-        let family: &'static CounterFamily = Box::leak(Box::new(CounterFamily { desc, labels, children: Mutex::default() }));
+        let family: &'static CounterFamily = Box::leak(Box::new(CounterFamily { desc, labels, children: Children::default() }));
         prometheus::register(Box::new(Registered(family))).expect("metric registers once");
         family
     }
 
     pub fn with_label_values(&self, values: &[&str]) -> Arc<Counter> {
         debug_assert_eq!(values.len(), self.labels.len());
-        child(&self.children, values, Counter::default)
+        self.children.get(values, Counter::default)
     }
 
     fn collect(&self) -> MetricFamily {
-        let map = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        let metrics = map
-            .iter()
-            .map(|(values, c)| {
-                let mut m = proto::Metric::from_label(label_pairs(self.labels, values));
-                let mut v = proto::Counter::default();
-                v.set_value(c.get() as f64);
-                m.set_counter(v);
-                m
-            })
-            .collect();
+        let metrics = self.children.map(|values, c| {
+            let mut m = proto::Metric::from_label(label_pairs(self.labels, values));
+            let mut v = proto::Counter::default();
+            v.set_value(c.get() as f64);
+            m.set_counter(v);
+            m
+        });
         family(&self.desc, MetricType::COUNTER, metrics)
     }
 }
@@ -293,46 +310,42 @@ impl HistogramFamily {
             .expect("valid metric description");
         let bounds_nanos = bounds.iter().map(|s| (s * 1e9).round() as u64).collect();
         let family: &'static HistogramFamily =
-            Box::leak(Box::new(HistogramFamily { desc, labels, bounds_secs: bounds, bounds_nanos, children: Mutex::default() }));
+            Box::leak(Box::new(HistogramFamily { desc, labels, bounds_secs: bounds, bounds_nanos, children: Children::default() }));
         prometheus::register(Box::new(Registered(family))).expect("metric registers once");
         family
     }
 
     pub fn with_label_values(&self, values: &[&str]) -> Arc<Histogram> {
         debug_assert_eq!(values.len(), self.labels.len());
-        child(&self.children, values, || Histogram::new(self.bounds_nanos.clone()))
+        self.children.get(values, || Histogram::new(self.bounds_nanos.clone()))
     }
 
     fn collect(&self) -> MetricFamily {
-        let map = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        let metrics = map
-            .iter()
-            .map(|(values, h)| {
-                let (counts, sum_nanos) = h.totals();
-                let mut cumulative = 0u64;
-                let buckets = self
-                    .bounds_secs
-                    .iter()
-                    .zip(counts)
-                    .map(|(&bound, n)| {
-                        cumulative += n;
-                        let mut b = proto::Bucket::default();
-                        b.set_upper_bound(bound);
-                        b.set_cumulative_count(cumulative);
-                        b
-                    })
-                    .collect();
-                let mut v = proto::Histogram::default();
-                v.set_bucket(buckets);
-                // The +Inf bucket (the encoder writes it from the count) is every observation:
-                // the count comes from the same reads as the buckets, so the two always agree.
-                v.set_sample_count(counts.iter().sum());
-                v.set_sample_sum(sum_nanos as f64 / 1e9);
-                let mut m = proto::Metric::from_label(label_pairs(self.labels, values));
-                m.set_histogram(v);
-                m
-            })
-            .collect();
+        let metrics = self.children.map(|values, h| {
+            let (counts, sum_nanos) = h.totals();
+            let mut cumulative = 0u64;
+            let buckets = self
+                .bounds_secs
+                .iter()
+                .zip(counts)
+                .map(|(&bound, n)| {
+                    cumulative += n;
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(bound);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let mut v = proto::Histogram::default();
+            v.set_bucket(buckets);
+            // The +Inf bucket (the encoder writes it from the count) is every observation:
+            // the count comes from the same reads as the buckets, so the two always agree.
+            v.set_sample_count(counts.iter().sum());
+            v.set_sample_sum(sum_nanos as f64 / 1e9);
+            let mut m = proto::Metric::from_label(label_pairs(self.labels, values));
+            m.set_histogram(v);
+            m
+        });
         family(&self.desc, MetricType::HISTOGRAM, metrics)
     }
 }
@@ -425,7 +438,7 @@ mod tests {
     #[test]
     fn counter_family_shows_as_prometheus_shows_an_int_counter_vec() {
         let desc = Desc::new("t_counter_total".into(), "help me".into(), vec!["a".into(), "b".into()], Default::default()).unwrap();
-        let f = CounterFamily { desc, labels: &["a", "b"], children: Mutex::default() };
+        let f = CounterFamily { desc, labels: &["a", "b"], children: Children::default() };
         f.with_label_values(&["x", "y"]).inc_by(5);
         let again = f.with_label_values(&["x", "y"]);
         again.inc();
@@ -445,7 +458,7 @@ mod tests {
             labels: &["m"],
             bounds_secs: BOUNDS,
             bounds_nanos: BOUNDS.iter().map(|s| (s * 1e9).round() as u64).collect(),
-            children: Mutex::default(),
+            children: Children::default(),
         };
         let h = f.with_label_values(&["one"]);
         for ms in [1, 5, 7, 10, 500, 2000] {
